@@ -1,0 +1,162 @@
+// Package cluster wires a whole reference IM cluster in one process: NATS
+// (embedded or external), logic nodes and gateways. `imwatch up` and the
+// tests use it.
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/imwatch/imwatch/internal/im/bus"
+	"github.com/imwatch/imwatch/internal/im/gateway"
+	"github.com/imwatch/imwatch/internal/im/logic"
+	"github.com/imwatch/imwatch/internal/service"
+	"github.com/nats-io/nats.go"
+)
+
+// Options says what to run.
+type Options struct {
+	DataDir       string
+	NATSURL       string // external NATS; empty embeds one
+	NATSListen    string // the embedded server's address (default 127.0.0.1:0)
+	GatewayListen []string
+	LogicNodes    int
+	Secret        []byte
+	Log           *slog.Logger
+	// Tune, when set, changes each part's config before it starts.
+	TuneGateway func(*gateway.Config)
+	TuneLogic   func(*logic.Config)
+}
+
+// Cluster is a running cluster.
+type Cluster struct {
+	NATSURL  string
+	Embedded *bus.Embedded
+	Gateways []*gateway.Gateway
+	Logics   []*logic.Logic
+	group    *service.Group
+	conns    []*nats.Conn
+}
+
+// Start starts NATS (unless external), the logic nodes, then the gateways.
+func Start(ctx context.Context, o Options) (*Cluster, error) {
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	if o.LogicNodes <= 0 {
+		o.LogicNodes = 1
+	}
+	c := &Cluster{NATSURL: o.NATSURL, group: service.NewGroup(o.Log)}
+	fail := func(err error) (*Cluster, error) {
+		c.Stop(5 * time.Second)
+		return nil, err
+	}
+	if c.NATSURL == "" {
+		listen := o.NATSListen
+		if listen == "" {
+			listen = "127.0.0.1:0"
+		}
+		emb, err := bus.StartEmbedded(listen, o.DataDir, o.Log)
+		if err != nil {
+			return fail(err)
+		}
+		c.Embedded = emb
+		c.NATSURL = emb.URL()
+	}
+	for i := 0; i < o.LogicNodes; i++ {
+		name := "logic-" + strconv.Itoa(i+1)
+		nc, err := c.connect(name, o.Log)
+		if err != nil {
+			return fail(err)
+		}
+		cfg := logic.DefaultConfig(name)
+		cfg.Log = o.Log
+		if o.TuneLogic != nil {
+			o.TuneLogic(&cfg)
+		}
+		l, err := logic.New(cfg, nc)
+		if err != nil {
+			return fail(err)
+		}
+		if err := c.group.Start(ctx, l); err != nil {
+			return fail(err)
+		}
+		c.Logics = append(c.Logics, l)
+	}
+	for i, listen := range o.GatewayListen {
+		id := "gw-" + strconv.Itoa(i+1)
+		nc, err := c.connect(id, o.Log)
+		if err != nil {
+			return fail(err)
+		}
+		cfg := gateway.DefaultConfig(id, listen, o.Secret)
+		cfg.Log = o.Log
+		if o.TuneGateway != nil {
+			o.TuneGateway(&cfg)
+		}
+		g, err := gateway.New(cfg, nc)
+		if err != nil {
+			return fail(err)
+		}
+		if err := c.group.Start(ctx, g); err != nil {
+			return fail(err)
+		}
+		c.Gateways = append(c.Gateways, g)
+	}
+	return c, nil
+}
+
+func (c *Cluster) connect(name string, log *slog.Logger) (*nats.Conn, error) {
+	nc, err := bus.Connect(c.NATSURL, name, log)
+	if err != nil {
+		return nil, err
+	}
+	c.conns = append(c.conns, nc)
+	return nc, nil
+}
+
+// URLs are the gateways' WebSocket URLs.
+func (c *Cluster) URLs() []string {
+	var out []string
+	for _, g := range c.Gateways {
+		out = append(out, "ws://"+g.Addr()+"/ws")
+	}
+	return out
+}
+
+// Stop stops the gateways, the logic nodes, then NATS.
+func (c *Cluster) Stop(timeout time.Duration) error {
+	err := c.group.Stop(timeout)
+	for _, nc := range c.conns {
+		_ = nc.Drain()
+	}
+	for _, nc := range c.conns {
+		for i := 0; i < 100 && !nc.IsClosed(); i++ {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if c.Embedded != nil {
+		c.Embedded.Shutdown()
+	}
+	return err
+}
+
+// NextPort returns listen with its port plus n ("127.0.0.1:7080", 1 -> "127.0.0.1:7081").
+func NextPort(listen string, n int) (string, error) {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "", fmt.Errorf("address %q: %w", listen, err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return "", fmt.Errorf("address %q: bad port", listen)
+	}
+	if p == 0 {
+		return listen, nil
+	}
+	return net.JoinHostPort(host, strconv.Itoa(p+n)), nil
+}

@@ -1,0 +1,439 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/imwatch/imwatch/internal/im/bus"
+	"github.com/imwatch/imwatch/internal/im/protocol"
+	"github.com/nats-io/nats.go"
+	"golang.org/x/time/rate"
+)
+
+const (
+	maxPendingAcks = 4096 // deliveries awaiting a deliver_ack, per connection
+	writeTimeout   = 10 * time.Second
+	floodLimit     = 2000 // frames dropped for rate before the connection is closed
+)
+
+// conn is one client's WebSocket connection.
+type conn struct {
+	g      *Gateway
+	ws     *websocket.Conn
+	user   string
+	device string
+
+	out       chan []byte
+	closed    chan struct{}
+	closeOnce sync.Once
+	closeCode websocket.StatusCode
+	closeWhy  string
+	closeErr  []byte
+
+	limiter  *rate.Limiter
+	dropped  int
+	inflight chan struct{}
+	lastRecv atomic.Int64
+
+	presenceRev atomic.Uint64
+
+	ackMu    sync.Mutex
+	ackNode  map[string]string // msg id -> logic node awaiting its deliver_ack
+	ackOrder []string
+}
+
+func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	if err != nil {
+		g.log.Debug("websocket accept failed", "err", err)
+		return
+	}
+	ws.SetReadLimit(-1) // frame size is checked by readFrame, which can answer with an error frame
+	c := &conn{
+		g:        g,
+		ws:       ws,
+		out:      make(chan []byte, g.cfg.OutQueue),
+		closed:   make(chan struct{}),
+		limiter:  rate.NewLimiter(rate.Limit(g.cfg.RateLimit), g.cfg.RateBurst),
+		inflight: make(chan struct{}, g.cfg.MaxInflight),
+		ackNode:  map[string]string{},
+	}
+	c.lastRecv.Store(time.Now().UnixNano())
+	g.wg.Add(1)
+	defer g.wg.Done()
+	writerDone := make(chan struct{})
+	go func() { c.writeLoop(); close(writerDone) }()
+	c.readLoop(r.Context())
+	c.close(websocket.StatusNormalClosure, "", nil)
+	<-writerDone
+	if c.user != "" {
+		g.unregister(c)
+	}
+}
+
+// readFrame reads one text frame of at most MaxFrameBytes.
+func (c *conn) readFrame(ctx context.Context) ([]byte, error) {
+	typ, r, err := c.ws.Reader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(io.LimitReader(r, protocol.MaxFrameBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > protocol.MaxFrameBytes {
+		return nil, protocol.Errorf(protocol.CodeFrameTooLarge, "frame is over the limit of %d bytes", protocol.MaxFrameBytes)
+	}
+	if typ != websocket.MessageText {
+		return nil, protocol.Errorf(protocol.CodeBadFrame, "frames are JSON text; got a binary frame")
+	}
+	return data, nil
+}
+
+func (c *conn) readLoop(ctx context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go c.watchdog(ctx, cancel)
+	for {
+		data, err := c.readFrame(ctx)
+		var perr *protocol.Error
+		if errors.As(err, &perr) {
+			if perr.Code == protocol.CodeFrameTooLarge {
+				c.close(websocket.StatusMessageTooBig, perr.Code, perr)
+				return
+			}
+			c.sendError("", perr)
+			continue
+		}
+		if err != nil {
+			return
+		}
+		c.lastRecv.Store(time.Now().UnixNano())
+		if !c.limiter.Allow() {
+			c.dropped++
+			if c.dropped >= floodLimit {
+				c.close(websocket.StatusPolicyViolation, protocol.CodeRateLimited, protocol.Errorf(protocol.CodeRateLimited, "flood: connection closed"))
+				return
+			}
+			if c.dropped%100 == 1 {
+				c.sendError("", protocol.Errorf(protocol.CodeRateLimited, "over %g frames/s; frames are being dropped", c.g.cfg.RateLimit))
+			}
+			continue
+		}
+		c.dropped = 0
+		f, err := protocol.DecodeClientFrame(data)
+		if err != nil {
+			perr := err.(*protocol.Error)
+			if c.user == "" && f.Type == protocol.TypeAuth {
+				c.close(websocket.StatusPolicyViolation, perr.Code, perr)
+				return
+			}
+			c.sendError(f.ID, perr)
+			continue
+		}
+		if c.user == "" {
+			if !c.authenticate(f) {
+				return
+			}
+			continue
+		}
+		c.handle(f)
+	}
+}
+
+// watchdog closes the connection when auth or any frame does not come in time.
+func (c *conn) watchdog(ctx context.Context, cancel context.CancelFunc) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	start := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.closed:
+			// The writer sends the close frame; the read loop ends when the
+			// handshake does. If the client never answers, give up.
+			time.AfterFunc(writeTimeout, cancel)
+			return
+		case now := <-t.C:
+			if c.user == "" && now.Sub(start) > c.g.cfg.AuthTimeout {
+				c.close(websocket.StatusPolicyViolation, protocol.CodeAuthTimeout, protocol.Errorf(protocol.CodeAuthTimeout, "no auth frame within %s", c.g.cfg.AuthTimeout))
+				time.AfterFunc(writeTimeout, cancel)
+				return
+			}
+			if now.Sub(time.Unix(0, c.lastRecv.Load())) > c.g.cfg.IdleTimeout {
+				c.close(websocket.StatusPolicyViolation, protocol.CodeIdleTimeout, protocol.Errorf(protocol.CodeIdleTimeout, "nothing received for %s", c.g.cfg.IdleTimeout))
+				time.AfterFunc(writeTimeout, cancel)
+				return
+			}
+		}
+	}
+}
+
+func (c *conn) authenticate(f protocol.Frame) bool {
+	if f.Type != protocol.TypeAuth {
+		c.close(websocket.StatusPolicyViolation, protocol.CodeUnauthenticated, protocol.Errorf(protocol.CodeUnauthenticated, "the first frame must be auth"))
+		return false
+	}
+	claims, err := protocol.VerifyToken(c.g.cfg.Secret, f.Token, time.Now())
+	if err != nil {
+		code := protocol.CodeBadToken
+		if errors.Is(err, protocol.ErrTokenExpired) {
+			code = protocol.CodeTokenExpired
+		}
+		c.g.log.Debug("auth refused", "err", err)
+		c.close(websocket.StatusPolicyViolation, code, protocol.Errorf(code, "%v", err))
+		return false
+	}
+	c.user, c.device = claims.User, claims.Device
+	if err := c.g.register(c); err != nil {
+		c.user = ""
+		var perr *protocol.Error
+		errors.As(err, &perr)
+		c.close(websocket.StatusTryAgainLater, perr.Code, perr)
+		return false
+	}
+	c.send(protocol.Frame{Type: protocol.TypeAuthOK, User: c.user, Device: c.device, Gateway: c.g.cfg.ID,
+		HeartbeatMS: c.g.cfg.IdleTimeout.Milliseconds() / 3})
+	return true
+}
+
+func (c *conn) handle(f protocol.Frame) {
+	switch f.Type {
+	case protocol.TypePing:
+		c.send(protocol.Frame{Type: protocol.TypePong})
+	case protocol.TypeAuth:
+		c.sendError(f.ID, protocol.Errorf(protocol.CodeBadRequest, "already authenticated"))
+	case protocol.TypeSend:
+		c.async(f, c.forwardSend)
+	case protocol.TypeDeliverAck:
+		c.forwardAck(f)
+	case protocol.TypeSync:
+		c.async(f, c.forwardSync)
+	case protocol.TypeGroupCreate, protocol.TypeGroupAdd, protocol.TypeGroupRemove:
+		c.async(f, c.forwardGroup)
+	}
+}
+
+// async runs a request to the logic nodes without blocking the read loop,
+// refusing when MaxInflight are already waiting.
+func (c *conn) async(f protocol.Frame, fn func(protocol.Frame)) {
+	select {
+	case c.inflight <- struct{}{}:
+	default:
+		c.sendError(f.ID, protocol.Errorf(protocol.CodeOverloaded, "over %d requests in flight on this connection", c.g.cfg.MaxInflight))
+		return
+	}
+	c.g.wg.Add(1)
+	go func() {
+		defer func() { <-c.inflight; c.g.wg.Done() }()
+		fn(f)
+	}()
+}
+
+func (c *conn) request(subject string, trace string, req, reply any, timeout time.Duration) *protocol.Error {
+	data, err := json.Marshal(req)
+	if err != nil {
+		return protocol.Errorf(protocol.CodeInternal, "encode request")
+	}
+	m := &nats.Msg{Subject: subject, Data: data}
+	if trace != "" {
+		m.Header = nats.Header{bus.HeaderTrace: []string{trace}}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	resp, err := c.g.nc.RequestMsgWithContext(ctx, m)
+	if err != nil {
+		c.g.log.Debug("request to logic failed", "subject", subject, "err", err)
+		return protocol.Errorf(protocol.CodeUnavailable, "no logic node answered in time; retry")
+	}
+	if err := json.Unmarshal(resp.Data, reply); err != nil {
+		return protocol.Errorf(protocol.CodeInternal, "undecodable answer from logic")
+	}
+	return nil
+}
+
+func (c *conn) forwardSend(f protocol.Frame) {
+	req := bus.SendRequest{From: c.user, Device: c.device, Gateway: c.g.cfg.ID, ID: f.ID,
+		To: f.To, Group: f.Group, Body: f.Body, Probe: f.Probe, Trace: f.Trace}
+	var rep bus.SendReply
+	if perr := c.request(bus.SubjSend, f.Trace, req, &rep, c.g.cfg.RequestTimeout); perr != nil {
+		c.sendError(f.ID, perr)
+		return
+	}
+	if rep.Code != "" {
+		c.sendError(f.ID, protocol.Errorf(rep.Code, "%s", rep.Error))
+		return
+	}
+	c.send(protocol.Frame{Type: protocol.TypeSendAck, ID: f.ID, MsgID: rep.MsgID, Conv: rep.Conv, Seq: rep.Seq, TS: rep.TS, Dup: rep.Dup})
+}
+
+func (c *conn) forwardSync(f protocol.Frame) {
+	req := bus.SyncRequest{User: c.user, Device: c.device, After: f.After, Full: f.Full}
+	var rep bus.SyncReply
+	if perr := c.request(bus.SubjSync, "", req, &rep, 2*c.g.cfg.RequestTimeout); perr != nil {
+		c.sendError(f.ID, perr)
+		return
+	}
+	if rep.Code != "" {
+		c.sendError(f.ID, protocol.Errorf(rep.Code, "%s", rep.Error))
+		return
+	}
+	for _, m := range rep.Msgs {
+		fr := protocol.Frame{Type: protocol.TypeDeliver, MsgID: m.MsgID, Conv: m.Conv, Seq: m.Seq, From: m.From,
+			FromDevice: m.FromDevice, Group: m.Group, Body: m.Body, Probe: m.Probe, Trace: m.Trace, TS: m.TS, Sync: true}
+		if !c.sendWait(fr) {
+			return
+		}
+	}
+	c.sendWait(protocol.Frame{Type: protocol.TypeSyncDone, ID: f.ID, Count: len(rep.Msgs), More: rep.More})
+}
+
+func (c *conn) forwardGroup(f protocol.Frame) {
+	req := bus.GroupRequest{Op: f.Type, User: c.user, Group: f.Group, Members: f.Members}
+	var rep bus.GroupReply
+	if perr := c.request(bus.SubjGroup, "", req, &rep, c.g.cfg.RequestTimeout); perr != nil {
+		c.sendError(f.ID, perr)
+		return
+	}
+	if rep.Code != "" {
+		c.sendError(f.ID, protocol.Errorf(rep.Code, "%s", rep.Error))
+		return
+	}
+	c.send(protocol.Frame{Type: protocol.TypeResult, ID: f.ID, Group: f.Group, Members: rep.Members})
+}
+
+func (c *conn) forwardAck(f protocol.Frame) {
+	c.ackMu.Lock()
+	node, ok := c.ackNode[f.MsgID]
+	delete(c.ackNode, f.MsgID)
+	c.ackMu.Unlock()
+	if !ok {
+		return // delivered by sync, or acked already: nobody waits for it
+	}
+	data, _ := json.Marshal(bus.DeliverAck{MsgID: f.MsgID, User: c.user, Device: c.device})
+	_ = c.g.nc.Publish(bus.AckSubject(node), data)
+}
+
+// deliver queues a pushed message; a client too slow to take it is closed,
+// and gets the message again by sync when it reconnects.
+func (c *conn) deliver(frame []byte, msgID, node string) {
+	c.ackMu.Lock()
+	if _, ok := c.ackNode[msgID]; !ok {
+		if len(c.ackOrder) >= maxPendingAcks {
+			// The oldest is forgotten: its push times out and is retried, or left to sync.
+			delete(c.ackNode, c.ackOrder[0])
+			c.ackOrder = c.ackOrder[1:]
+		}
+		c.ackOrder = append(c.ackOrder, msgID)
+	}
+	c.ackNode[msgID] = node
+	if len(c.ackOrder) > 2*len(c.ackNode)+64 { // compact ids already acked
+		kept := c.ackOrder[:0]
+		for _, id := range c.ackOrder {
+			if _, ok := c.ackNode[id]; ok {
+				kept = append(kept, id)
+			}
+		}
+		c.ackOrder = kept
+	}
+	c.ackMu.Unlock()
+	select {
+	case c.out <- frame:
+	case <-c.closed:
+	default:
+		c.close(websocket.StatusPolicyViolation, protocol.CodeSlowConsumer, protocol.Errorf(protocol.CodeSlowConsumer, "the client did not read its frames; closed"))
+	}
+}
+
+func (c *conn) send(f protocol.Frame) {
+	data, err := json.Marshal(f)
+	if err != nil {
+		return
+	}
+	select {
+	case c.out <- data:
+	case <-c.closed:
+	default:
+		c.close(websocket.StatusPolicyViolation, protocol.CodeSlowConsumer, protocol.Errorf(protocol.CodeSlowConsumer, "the client did not read its frames; closed"))
+	}
+}
+
+// sendWait queues a frame, waiting for room; false when the connection closed.
+func (c *conn) sendWait(f protocol.Frame) bool {
+	data, err := json.Marshal(f)
+	if err != nil {
+		return false
+	}
+	t := time.NewTimer(writeTimeout)
+	defer t.Stop()
+	select {
+	case c.out <- data:
+		return true
+	case <-c.closed:
+		return false
+	case <-t.C:
+		c.close(websocket.StatusPolicyViolation, protocol.CodeSlowConsumer, protocol.Errorf(protocol.CodeSlowConsumer, "the client did not read its frames; closed"))
+		return false
+	}
+}
+
+func (c *conn) sendError(id string, err *protocol.Error) {
+	c.send(protocol.ErrorFrame(id, err))
+}
+
+// close ends the connection once: the writer sends errFrame (if any), then the
+// close frame with code and reason.
+func (c *conn) close(code websocket.StatusCode, reason string, perr *protocol.Error) {
+	c.closeOnce.Do(func() {
+		c.closeCode, c.closeWhy = code, reason
+		if perr != nil {
+			c.closeErr, _ = json.Marshal(protocol.ErrorFrame("", perr))
+		}
+		close(c.closed)
+	})
+}
+
+func (c *conn) writeLoop() {
+	for {
+		select {
+		case data := <-c.out:
+			if !c.write(data) {
+				c.close(websocket.StatusAbnormalClosure, "", nil)
+				_ = c.ws.CloseNow()
+				return
+			}
+		case <-c.closed:
+			// Flush what is queued, bounded, then say why and close.
+			for i := 0; i < len(c.out) && i < 256; i++ {
+				if !c.write(<-c.out) {
+					_ = c.ws.CloseNow()
+					return
+				}
+			}
+			if c.closeErr != nil {
+				c.write(c.closeErr)
+			}
+			if c.closeCode == websocket.StatusAbnormalClosure {
+				_ = c.ws.CloseNow()
+				return
+			}
+			go func() { _ = c.ws.Close(c.closeCode, c.closeWhy) }()
+			time.AfterFunc(writeTimeout, func() { _ = c.ws.CloseNow() })
+			return
+		}
+	}
+}
+
+func (c *conn) write(data []byte) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+	defer cancel()
+	return c.ws.Write(ctx, websocket.MessageText, data) == nil
+}

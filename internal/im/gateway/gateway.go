@@ -1,0 +1,327 @@
+// Package gateway is the reference IM's WebSocket gateway: it authenticates
+// clients, keeps their long connections, forwards their frames to the logic
+// nodes over NATS and pushes messages the logic nodes send it.
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/imwatch/imwatch/internal/im/bus"
+	"github.com/imwatch/imwatch/internal/im/protocol"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+)
+
+// Config configures a gateway.
+type Config struct {
+	ID             string // unique among gateways; a NATS subject token
+	Listen         string // address of /ws (and /metrics)
+	Secret         []byte // HMAC secret of auth tokens
+	AuthTimeout    time.Duration
+	IdleTimeout    time.Duration // close a connection that sent nothing for this long
+	RateLimit      float64       // frames per second per connection
+	RateBurst      int
+	OutQueue       int // frames queued to one client before it is a slow consumer
+	MaxInflight    int // sends per connection awaiting the logic's answer
+	MaxConns       int
+	RequestTimeout time.Duration
+	Store          bus.StoreConfig
+	Log            *slog.Logger
+}
+
+// DefaultConfig returns a gateway's defaults for id and listen.
+func DefaultConfig(id, listen string, secret []byte) Config {
+	return Config{
+		ID:             id,
+		Listen:         listen,
+		Secret:         secret,
+		AuthTimeout:    5 * time.Second,
+		IdleTimeout:    60 * time.Second,
+		RateLimit:      200,
+		RateBurst:      400,
+		OutQueue:       2048,
+		MaxInflight:    256,
+		MaxConns:       200000,
+		RequestTimeout: 5 * time.Second,
+		Store:          bus.DefaultStoreConfig(),
+		Log:            slog.Default(),
+	}
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if !protocol.ValidUser(c.ID) {
+		return fmt.Errorf("gateway id %q: must be 1 to 64 characters of A-Z a-z 0-9 _ -", c.ID)
+	}
+	if len(c.Secret) < 16 {
+		return errors.New("gateway: the token secret must be at least 16 bytes")
+	}
+	if c.AuthTimeout <= 0 || c.IdleTimeout <= 0 || c.RateLimit <= 0 || c.RateBurst < 1 || c.OutQueue < 16 || c.MaxInflight < 1 || c.MaxConns < 1 || c.RequestTimeout <= 0 {
+		return errors.New("gateway: timeouts and limits must be positive")
+	}
+	return nil
+}
+
+// IDFromListen derives a gateway id from its listen address.
+func IDFromListen(listen string) string {
+	r := strings.NewReplacer(":", "-", ".", "-", "[", "", "]", "")
+	return "gw-" + r.Replace(listen)
+}
+
+// Gateway is one gateway.
+type Gateway struct {
+	cfg   Config
+	log   *slog.Logger
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	epoch string
+
+	presence jetstream.KeyValue
+	gateways jetstream.KeyValue
+
+	ln   net.Listener
+	http *http.Server
+	mux  *http.ServeMux
+	sub  *nats.Subscription
+
+	mu    sync.RWMutex
+	conns map[string]map[string]*conn // user -> device -> connection
+	n     int
+
+	stopLive chan struct{}
+	liveDone chan struct{}
+	wg       sync.WaitGroup
+}
+
+// New makes a gateway on the NATS connection nc.
+func New(cfg Config, nc *nats.Conn) (*Gateway, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: jetstream: %w", err)
+	}
+	g := &Gateway{
+		cfg:      cfg,
+		log:      cfg.Log.With("component", "gateway", "gateway", cfg.ID),
+		nc:       nc,
+		js:       js,
+		epoch:    nuid.Next(),
+		conns:    map[string]map[string]*conn{},
+		mux:      http.NewServeMux(),
+		stopLive: make(chan struct{}),
+		liveDone: make(chan struct{}),
+	}
+	g.mux.HandleFunc("/ws", g.serveWS)
+	g.mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	return g, nil
+}
+
+// Handle adds a handler beside /ws, such as /metrics.
+func (g *Gateway) Handle(pattern string, h http.Handler) { g.mux.Handle(pattern, h) }
+
+// Name is the service's name.
+func (g *Gateway) Name() string { return "gateway " + g.cfg.ID }
+
+// Addr is the address the gateway listens on, once started.
+func (g *Gateway) Addr() string { return g.ln.Addr().String() }
+
+// ID is the gateway's id.
+func (g *Gateway) ID() string { return g.cfg.ID }
+
+// Start binds the listener, announces the gateway and begins serving.
+func (g *Gateway) Start(ctx context.Context) error {
+	if err := bus.SetupWithRetry(ctx, g.js, g.cfg.Store); err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	var err error
+	if g.presence, err = g.js.KeyValue(ctx, bus.BucketPresence); err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	if g.gateways, err = g.js.KeyValue(ctx, bus.BucketGateways); err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	g.sub, err = g.nc.Subscribe(bus.DeliverSubject(g.cfg.ID), g.handleDeliver)
+	if err != nil {
+		return fmt.Errorf("gateway: subscribe: %w", err)
+	}
+	_ = g.sub.SetPendingLimits(1<<20, 256<<20)
+	if err := g.announce(ctx); err != nil {
+		return err
+	}
+	g.ln, err = net.Listen("tcp", g.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("gateway: listen on %s: %w", g.cfg.Listen, err)
+	}
+	g.http = &http.Server{Handler: g.mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := g.http.Serve(g.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			g.log.Error("http server failed", "err", err)
+		}
+	}()
+	go g.liveLoop()
+	g.log.Info("gateway started", "listen", g.Addr())
+	return nil
+}
+
+func (g *Gateway) announce(ctx context.Context) error {
+	data, _ := json.Marshal(bus.GatewayInfo{ID: g.cfg.ID, Epoch: g.epoch, Addr: g.cfg.Listen, TS: time.Now().UnixMilli()})
+	if _, err := g.gateways.Put(ctx, g.cfg.ID, data); err != nil {
+		return fmt.Errorf("gateway: announce: %w", err)
+	}
+	return nil
+}
+
+func (g *Gateway) liveLoop() {
+	defer close(g.liveDone)
+	t := time.NewTicker(bus.GatewayRefresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.stopLive:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), bus.GatewayRefresh)
+			if err := g.announce(ctx); err != nil {
+				g.log.Warn("liveness refresh failed", "err", err)
+			}
+			cancel()
+		}
+	}
+}
+
+// Stop closes every connection with "going away" so that clients reconnect
+// to another gateway, withdraws presence and stops.
+func (g *Gateway) Stop(ctx context.Context) error {
+	_ = g.http.Shutdown(ctx)
+	close(g.stopLive)
+	<-g.liveDone
+	g.mu.RLock()
+	var all []*conn
+	for _, devs := range g.conns {
+		for _, c := range devs {
+			all = append(all, c)
+		}
+	}
+	g.mu.RUnlock()
+	for _, c := range all {
+		c.close(websocket.StatusGoingAway, "gateway shutting down", nil)
+	}
+	done := make(chan struct{})
+	go func() { g.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	_ = g.sub.Unsubscribe()
+	dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = g.gateways.Delete(dctx, g.cfg.ID)
+	err := g.nc.FlushTimeout(2 * time.Second)
+	g.log.Info("gateway stopped")
+	if err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		return fmt.Errorf("gateway: flush: %w", err)
+	}
+	return nil
+}
+
+// register makes c the connection of its user and device, replacing an older one.
+func (g *Gateway) register(c *conn) error {
+	g.mu.Lock()
+	if g.n >= g.cfg.MaxConns {
+		g.mu.Unlock()
+		return protocol.Errorf(protocol.CodeOverloaded, "gateway is at its connection limit; try another")
+	}
+	devs := g.conns[c.user]
+	if devs == nil {
+		devs = map[string]*conn{}
+		g.conns[c.user] = devs
+	}
+	old := devs[c.device]
+	devs[c.device] = c
+	if old == nil {
+		g.n++
+	}
+	g.mu.Unlock()
+	if old != nil {
+		old.close(websocket.StatusPolicyViolation, protocol.CodeReplaced, protocol.Errorf(protocol.CodeReplaced, "the same user and device connected again"))
+	}
+	data, _ := json.Marshal(bus.Presence{Gateway: g.cfg.ID, Epoch: g.epoch})
+	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.RequestTimeout)
+	defer cancel()
+	rev, err := g.presence.Put(ctx, c.user+"."+c.device, data)
+	if err != nil {
+		g.unregister(c)
+		return protocol.Errorf(protocol.CodeUnavailable, "presence store unavailable; retry")
+	}
+	c.presenceRev.Store(rev)
+	return nil
+}
+
+func (g *Gateway) unregister(c *conn) {
+	g.mu.Lock()
+	if devs := g.conns[c.user]; devs != nil && devs[c.device] == c {
+		delete(devs, c.device)
+		g.n--
+		if len(devs) == 0 {
+			delete(g.conns, c.user)
+		}
+	}
+	g.mu.Unlock()
+	if rev := c.presenceRev.Load(); rev != 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		// Only if still ours: the device may have reconnected elsewhere already.
+		_ = g.presence.Delete(ctx, c.user+"."+c.device, jetstream.LastRevision(rev))
+	}
+}
+
+func (g *Gateway) lookup(t bus.Target) *conn {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return g.conns[t.User][t.Device]
+}
+
+// Conns is the number of authenticated connections.
+func (g *Gateway) Conns() int {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return g.n
+}
+
+func (g *Gateway) handleDeliver(m *nats.Msg) {
+	var d bus.Deliver
+	if err := json.Unmarshal(m.Data, &d); err != nil {
+		g.log.Debug("undecodable deliver", "err", err)
+		return
+	}
+	f := protocol.Frame{
+		Type: protocol.TypeDeliver, MsgID: d.Msg.MsgID, Conv: d.Msg.Conv, Seq: d.Msg.Seq,
+		From: d.Msg.From, FromDevice: d.Msg.FromDevice, Group: d.Msg.Group, Body: d.Msg.Body,
+		Probe: d.Msg.Probe, Trace: d.Msg.Trace, TS: d.Msg.TS,
+	}
+	data, err := json.Marshal(f)
+	if err != nil {
+		return
+	}
+	for _, t := range d.Targets {
+		if c := g.lookup(t); c != nil {
+			c.deliver(data, d.Msg.MsgID, d.Node)
+		}
+	}
+}

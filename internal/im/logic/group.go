@@ -1,0 +1,125 @@
+package logic
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"time"
+
+	"github.com/imwatch/imwatch/internal/im/bus"
+	"github.com/imwatch/imwatch/internal/im/protocol"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func (l *Logic) handleGroup(m *nats.Msg) {
+	var req bus.GroupRequest
+	if err := json.Unmarshal(m.Data, &req); err != nil || !protocol.ValidUser(req.User) || !protocol.ValidUser(req.Group) || len(req.Members) > protocol.MaxGroupMembers {
+		replyJSON(m, bus.GroupReply{Code: protocol.CodeBadRequest, Error: "malformed group request"})
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	replyJSON(m, l.group(ctx, req))
+}
+
+func (l *Logic) group(ctx context.Context, req bus.GroupRequest) bus.GroupReply {
+	for attempt := 0; attempt < 10; attempt++ {
+		reply, retry := l.groupOnce(ctx, req)
+		if !retry {
+			return reply
+		}
+	}
+	return bus.GroupReply{Code: protocol.CodeUnavailable, Error: "group is contended; retry"}
+}
+
+// groupOnce applies one group change with compare-and-set; retry says another
+// change won the race.
+func (l *Logic) groupOnce(ctx context.Context, req bus.GroupRequest) (bus.GroupReply, bool) {
+	conv := protocol.GroupConv(req.Group)
+	entry, err := l.groupsKV.Get(ctx, req.Group)
+	exists := err == nil
+	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return bus.GroupReply{Code: protocol.CodeUnavailable, Error: "group store unavailable"}, false
+	}
+	var g bus.Group
+	if exists {
+		if err := json.Unmarshal(entry.Value(), &g); err != nil {
+			return bus.GroupReply{Code: protocol.CodeInternal, Error: "stored group is corrupt"}, false
+		}
+	}
+	var added, removed []string
+	switch req.Op {
+	case protocol.TypeGroupCreate:
+		if exists {
+			return bus.GroupReply{Code: protocol.CodeGroupExists, Error: "group " + req.Group + " exists"}, false
+		}
+		g = bus.Group{Owner: req.User, Members: []string{req.User}}
+		added = []string{req.User}
+		for _, m := range req.Members {
+			if !slices.Contains(g.Members, m) {
+				g.Members = append(g.Members, m)
+				added = append(added, m)
+			}
+		}
+	case protocol.TypeGroupAdd:
+		if !exists {
+			return bus.GroupReply{Code: protocol.CodeNoSuchGroup, Error: "no group " + req.Group}, false
+		}
+		if g.Owner != req.User {
+			return bus.GroupReply{Code: protocol.CodeForbidden, Error: "only the owner may add members"}, false
+		}
+		for _, m := range req.Members {
+			if !slices.Contains(g.Members, m) {
+				g.Members = append(g.Members, m)
+				added = append(added, m)
+			}
+		}
+	case protocol.TypeGroupRemove:
+		if !exists {
+			return bus.GroupReply{Code: protocol.CodeNoSuchGroup, Error: "no group " + req.Group}, false
+		}
+		for _, m := range req.Members {
+			if m != req.User && g.Owner != req.User {
+				return bus.GroupReply{Code: protocol.CodeForbidden, Error: "only the owner may remove others"}, false
+			}
+		}
+		g.Members = slices.DeleteFunc(g.Members, func(m string) bool {
+			if slices.Contains(req.Members, m) {
+				removed = append(removed, m)
+				return true
+			}
+			return false
+		})
+	default:
+		return bus.GroupReply{Code: protocol.CodeBadRequest, Error: "unknown group operation"}, false
+	}
+	if len(g.Members) > protocol.MaxGroupMembers {
+		return bus.GroupReply{Code: protocol.CodeBadRequest, Error: "group would exceed the member limit"}, false
+	}
+	data, _ := json.Marshal(g)
+	var rev uint64
+	if exists {
+		rev, err = l.groupsKV.Update(ctx, req.Group, data, entry.Revision())
+	} else {
+		rev, err = l.groupsKV.Create(ctx, req.Group, data)
+	}
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return bus.GroupReply{}, true
+	}
+	if err != nil {
+		return bus.GroupReply{Code: protocol.CodeUnavailable, Error: "group store unavailable"}, false
+	}
+	// The change is visible to this node's directory before it answers, so a
+	// send right after the answer finds the new members.
+	l.dir.setGroup(req.Group, g, rev)
+	for _, m := range added {
+		_ = l.indexMember(ctx, m, conv)
+	}
+	for _, m := range removed {
+		_ = l.convsKV.Delete(ctx, m+"."+conv)
+		l.known.Delete(m + "." + conv)
+	}
+	return bus.GroupReply{Members: g.Members}, false
+}

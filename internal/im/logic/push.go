@@ -1,0 +1,222 @@
+package logic
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/imwatch/imwatch/internal/im/bus"
+	"github.com/imwatch/imwatch/internal/im/protocol"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// pusher takes stored messages from the shared durable consumer, pushes each
+// to the gateways of its recipients' online devices and holds the stream
+// message unacknowledged until every device has acknowledged it. A message
+// not acknowledged in time is pushed again; if this node dies, JetStream hands
+// it to another node after the consumer's ack wait.
+type pusher struct {
+	l  *Logic
+	cc jetstream.ConsumeContext
+
+	mu      sync.Mutex
+	pending map[string]*pendingPush
+	queue   []*pendingPush // in deadline order: every deadline is now+AckTimeout when set
+	ackSub  *nats.Subscription
+	done    chan struct{}
+	stopped chan struct{}
+}
+
+type pendingPush struct {
+	msg      jetstream.Msg
+	sm       bus.StoredMessage
+	members  []string
+	waiting  map[bus.Target]struct{}
+	attempts int
+	deadline time.Time
+	finished bool
+}
+
+func newPusher(l *Logic) *pusher {
+	return &pusher{l: l, pending: map[string]*pendingPush{}, done: make(chan struct{}), stopped: make(chan struct{})}
+}
+
+func (p *pusher) start(ctx, runCtx context.Context) error {
+	var err error
+	p.ackSub, err = p.l.nc.Subscribe(bus.AckSubject(p.l.cfg.Node), p.handleAck)
+	if err != nil {
+		return fmt.Errorf("logic: subscribe acks: %w", err)
+	}
+	_ = p.ackSub.SetPendingLimits(1<<20, 256<<20)
+	cons, err := p.l.stream.Consumer(ctx, bus.ConsumerPush)
+	if err != nil {
+		return fmt.Errorf("logic: consumer %s: %w", bus.ConsumerPush, err)
+	}
+	p.cc, err = cons.Consume(p.handleStored, jetstream.PullMaxMessages(2000))
+	if err != nil {
+		return fmt.Errorf("logic: consume: %w", err)
+	}
+	go p.redeliverLoop()
+	return nil
+}
+
+func (p *pusher) stop() {
+	if p.cc != nil {
+		p.cc.Drain()
+		<-p.cc.Closed()
+	}
+	close(p.done)
+	<-p.stopped
+	if p.ackSub != nil {
+		_ = p.ackSub.Unsubscribe()
+	}
+	// Unfinished pushes go back to the stream at once instead of after the ack wait.
+	p.mu.Lock()
+	for _, pp := range p.pending {
+		_ = pp.msg.Nak()
+	}
+	p.pending = map[string]*pendingPush{}
+	p.mu.Unlock()
+}
+
+func (p *pusher) handleStored(msg jetstream.Msg) {
+	var sm bus.StoredMessage
+	if err := json.Unmarshal(msg.Data(), &sm); err != nil {
+		p.l.log.Warn("dropping undecodable stored message", "subject", msg.Subject(), "err", err)
+		_ = msg.Term()
+		return
+	}
+	conv, err := protocol.ParseConv(sm.Conv)
+	if err != nil {
+		_ = msg.Term()
+		return
+	}
+	members, ok := p.l.dir.members(conv)
+	if !ok {
+		_ = msg.Ack() // the group is gone
+		return
+	}
+	routes := p.l.dir.route(members, bus.Target{User: sm.From, Device: sm.FromDevice}, nil)
+	if len(routes) == 0 {
+		_ = msg.Ack() // nobody online: devices get it by sync
+		return
+	}
+	pp := &pendingPush{msg: msg, sm: sm, members: members, waiting: map[bus.Target]struct{}{}, attempts: 1}
+	for _, ts := range routes {
+		for _, t := range ts {
+			pp.waiting[t] = struct{}{}
+		}
+	}
+	p.mu.Lock()
+	if old := p.pending[sm.MsgID]; old != nil {
+		old.finished = true
+	}
+	pp.deadline = time.Now().Add(p.l.cfg.AckTimeout)
+	p.pending[sm.MsgID] = pp
+	p.queue = append(p.queue, pp)
+	p.mu.Unlock()
+	p.publish(sm, routes)
+}
+
+func (p *pusher) publish(sm bus.StoredMessage, routes map[string][]bus.Target) {
+	for gw, targets := range routes {
+		data, err := json.Marshal(bus.Deliver{Node: p.l.cfg.Node, Targets: targets, Msg: sm})
+		if err != nil {
+			continue
+		}
+		m := &nats.Msg{Subject: bus.DeliverSubject(gw), Data: data}
+		if sm.Trace != "" {
+			m.Header = nats.Header{bus.HeaderTrace: []string{sm.Trace}}
+		}
+		if err := p.l.nc.PublishMsg(m); err != nil {
+			p.l.log.Debug("push publish failed", "gateway", gw, "err", err)
+		}
+	}
+}
+
+func (p *pusher) handleAck(m *nats.Msg) {
+	var a bus.DeliverAck
+	if json.Unmarshal(m.Data, &a) != nil {
+		return
+	}
+	p.mu.Lock()
+	pp := p.pending[a.MsgID]
+	if pp == nil {
+		p.mu.Unlock()
+		return
+	}
+	delete(pp.waiting, bus.Target{User: a.User, Device: a.Device})
+	if len(pp.waiting) > 0 {
+		p.mu.Unlock()
+		return
+	}
+	pp.finished = true
+	delete(p.pending, a.MsgID)
+	p.mu.Unlock()
+	_ = pp.msg.Ack()
+}
+
+func (p *pusher) redeliverLoop() {
+	defer close(p.stopped)
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.done:
+			return
+		case now := <-t.C:
+			p.redeliverDue(now)
+		}
+	}
+}
+
+func (p *pusher) redeliverDue(now time.Time) {
+	type again struct {
+		sm     bus.StoredMessage
+		routes map[string][]bus.Target
+	}
+	var pushes []again
+	var acks []jetstream.Msg
+	p.mu.Lock()
+	i := 0
+	for ; i < len(p.queue); i++ {
+		pp := p.queue[i]
+		if pp.finished {
+			continue
+		}
+		if pp.deadline.After(now) {
+			break
+		}
+		if pp.attempts >= p.l.cfg.MaxAttempts {
+			// Left to sync: the devices still connected will see the gap and sync.
+			pp.finished = true
+			delete(p.pending, pp.sm.MsgID)
+			acks = append(acks, pp.msg)
+			p.l.log.Debug("giving up pushing", "msg_id", pp.sm.MsgID, "devices", len(pp.waiting))
+			continue
+		}
+		routes := p.l.dir.route(pp.members, bus.Target{User: pp.sm.From, Device: pp.sm.FromDevice}, pp.waiting)
+		if len(routes) == 0 { // the devices went offline: they sync when back
+			pp.finished = true
+			delete(p.pending, pp.sm.MsgID)
+			acks = append(acks, pp.msg)
+			continue
+		}
+		pp.attempts++
+		pp.deadline = now.Add(p.l.cfg.AckTimeout)
+		_ = pp.msg.InProgress()
+		pushes = append(pushes, again{pp.sm, routes})
+		p.queue = append(p.queue, pp)
+	}
+	p.queue = append(p.queue[:0:0], p.queue[i:]...)
+	p.mu.Unlock()
+	for _, m := range acks {
+		_ = m.Ack()
+	}
+	for _, a := range pushes {
+		p.publish(a.sm, a.routes)
+	}
+}

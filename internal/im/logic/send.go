@@ -1,0 +1,230 @@
+package logic
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/imwatch/imwatch/internal/im/bus"
+	"github.com/imwatch/imwatch/internal/im/protocol"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+)
+
+const (
+	headerSeq     = "Im-Seq" // per-conversation sequence of a stored message
+	maxConvCache  = 200000
+	storeAttempts = 8
+	storeTimeout  = 5 * time.Second
+)
+
+// convState is what this node last knew of a conversation's tail. Another node
+// may have appended since: JetStream's expected-last-subject-sequence check
+// catches that and the state is reloaded.
+type convState struct {
+	mu            sync.Mutex
+	loaded        bool
+	lastStreamSeq uint64
+	lastSeq       uint64
+}
+
+func (l *Logic) conv(id string) *convState {
+	l.convMu.Lock()
+	defer l.convMu.Unlock()
+	cs := l.convs[id]
+	if cs == nil {
+		if len(l.convs) >= maxConvCache {
+			for k, v := range l.convs { // evict idle entries; a miss costs one reload
+				if v.mu.TryLock() {
+					delete(l.convs, k)
+					v.mu.Unlock()
+				}
+				if len(l.convs) < maxConvCache/2 {
+					break
+				}
+			}
+		}
+		cs = &convState{}
+		l.convs[id] = cs
+	}
+	return cs
+}
+
+func (l *Logic) handleSend(m *nats.Msg) {
+	var req bus.SendRequest
+	if err := json.Unmarshal(m.Data, &req); err != nil {
+		replyJSON(m, bus.SendReply{Code: protocol.CodeBadRequest, Error: "malformed send request"})
+		return
+	}
+	if req.Trace == "" {
+		req.Trace = m.Header.Get(bus.HeaderTrace)
+	}
+	reply := l.send(req)
+	replyJSON(m, reply)
+}
+
+func (l *Logic) send(req bus.SendRequest) bus.SendReply {
+	if !protocol.ValidUser(req.From) || !protocol.ValidUser(req.Device) || req.ID == "" || len(req.ID) > protocol.MaxIDLen || len(req.Body) > protocol.MaxBodyBytes {
+		return bus.SendReply{Code: protocol.CodeBadRequest, Error: "send request has invalid fields"}
+	}
+	var conv string
+	switch {
+	case req.To != "" && req.Group == "" && protocol.ValidUser(req.To):
+		conv = protocol.DirectConv(req.From, req.To)
+	case req.Group != "" && req.To == "" && protocol.ValidUser(req.Group):
+		if _, ok := l.lookupGroup(req.Group); !ok {
+			return bus.SendReply{Code: protocol.CodeNoSuchGroup, Error: "no group " + req.Group}
+		}
+		if !l.dir.isMember(req.Group, req.From) {
+			return bus.SendReply{Code: protocol.CodeNotMember, Error: "you are not a member of group " + req.Group}
+		}
+		conv = protocol.GroupConv(req.Group)
+	default:
+		return bus.SendReply{Code: protocol.CodeBadRequest, Error: "send needs exactly one valid to or group"}
+	}
+	sm := bus.StoredMessage{
+		MsgID:      nuid.Next(),
+		Conv:       conv,
+		From:       req.From,
+		FromDevice: req.Device,
+		Group:      req.Group,
+		Body:       req.Body,
+		Probe:      req.Probe,
+		Trace:      req.Trace,
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	stored, dup, err := l.store(ctx, sm, req.From+"/"+req.ID)
+	if err != nil {
+		l.log.Warn("store failed", "conv", conv, "err", err)
+		return bus.SendReply{Code: protocol.CodeUnavailable, Error: "message could not be stored; retry"}
+	}
+	return bus.SendReply{MsgID: stored.MsgID, Conv: stored.Conv, Seq: stored.Seq, TS: stored.TS, Dup: dup}
+}
+
+// store appends sm to its conversation with the next sequence. dedupID makes a
+// resend of the same client message return the first one instead.
+func (l *Logic) store(ctx context.Context, sm bus.StoredMessage, dedupID string) (bus.StoredMessage, bool, error) {
+	cs := l.conv(sm.Conv)
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	subj := bus.MsgSubject(sm.Conv)
+	for attempt := 0; attempt < storeAttempts; attempt++ {
+		if !cs.loaded {
+			if err := l.loadConv(ctx, sm.Conv, cs); err != nil {
+				return sm, false, err
+			}
+		}
+		sm.Seq = cs.lastSeq + 1
+		sm.TS = time.Now().UnixMilli()
+		data, err := json.Marshal(sm)
+		if err != nil {
+			return sm, false, err
+		}
+		msg := &nats.Msg{Subject: subj, Data: data, Header: nats.Header{}}
+		msg.Header.Set(headerSeq, strconv.FormatUint(sm.Seq, 10))
+		if sm.Trace != "" {
+			msg.Header.Set(bus.HeaderTrace, sm.Trace)
+		}
+		ack, err := l.js.PublishMsg(ctx, msg,
+			jetstream.WithMsgID(dedupID),
+			jetstream.WithExpectLastSequencePerSubject(cs.lastStreamSeq))
+		if err != nil {
+			var apiErr *jetstream.APIError
+			if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+				apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+				cs.loaded = false // another node appended: reload the tail and try again
+				continue
+			}
+			cs.loaded = false
+			return sm, false, fmt.Errorf("publish: %w", err)
+		}
+		if ack.Duplicate {
+			orig, err := l.stream.GetMsg(ctx, ack.Sequence)
+			if err != nil {
+				return sm, true, fmt.Errorf("load duplicate %d: %w", ack.Sequence, err)
+			}
+			var first bus.StoredMessage
+			if err := json.Unmarshal(orig.Data, &first); err != nil {
+				return sm, true, fmt.Errorf("decode duplicate %d: %w", ack.Sequence, err)
+			}
+			return first, true, nil
+		}
+		cs.lastStreamSeq, cs.lastSeq = ack.Sequence, sm.Seq
+		return sm, false, nil
+	}
+	return sm, false, errors.New("conversation is contended; gave up")
+}
+
+func (l *Logic) loadConv(ctx context.Context, conv string, cs *convState) error {
+	raw, err := l.stream.GetLastMsgForSubject(ctx, bus.MsgSubject(conv))
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		cs.lastStreamSeq, cs.lastSeq = 0, 0
+	case err != nil:
+		return fmt.Errorf("load conversation tail: %w", err)
+	default:
+		seq, perr := strconv.ParseUint(raw.Header.Get(headerSeq), 10, 64)
+		if perr != nil {
+			return fmt.Errorf("conversation %s: stored message %d has no sequence header", conv, raw.Sequence)
+		}
+		cs.lastStreamSeq, cs.lastSeq = raw.Sequence, seq
+	}
+	if err := l.indexConv(ctx, conv); err != nil {
+		return err
+	}
+	cs.loaded = true
+	return nil
+}
+
+// indexConv records a one-to-one conversation under both users, so that a
+// full sync finds it. Group conversations are indexed when members join.
+func (l *Logic) indexConv(ctx context.Context, conv string) error {
+	c, err := protocol.ParseConv(conv)
+	if err != nil || c.Group != "" {
+		return nil
+	}
+	for _, u := range c.Users {
+		if err := l.indexMember(ctx, u, conv); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (l *Logic) indexMember(ctx context.Context, user, conv string) error {
+	key := user + "." + conv
+	if _, ok := l.known.Load(key); ok {
+		return nil
+	}
+	if _, err := l.convsKV.Put(ctx, key, []byte("1")); err != nil {
+		return fmt.Errorf("index conversation: %w", err)
+	}
+	l.known.Store(key, struct{}{})
+	return nil
+}
+
+// lookupGroup finds a group in the directory, or in the store when this node's
+// watch has not seen it yet (created a moment ago through another node).
+func (l *Logic) lookupGroup(name string) (bus.Group, bool) {
+	if g, ok := l.dir.group(name); ok {
+		return g, true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	e, err := l.groupsKV.Get(ctx, name)
+	if err != nil {
+		return bus.Group{}, false
+	}
+	var g bus.Group
+	if json.Unmarshal(e.Value(), &g) != nil {
+		return bus.Group{}, false
+	}
+	l.dir.setGroup(name, g, e.Revision())
+	return g, true
+}
