@@ -160,13 +160,13 @@ const (
 
 // StoreConfig bounds the durable message store.
 type StoreConfig struct {
-	MaxAge        time.Duration // how long messages are kept for sync
-	MaxBytes      int64
-	MaxPerConv    int64 // messages kept per conversation
-	DedupWindow   time.Duration
-	Replicas      int
-	PushAckWait   time.Duration // redelivery to another logic node when one dies
-	MaxPushAcks   int           // messages being pushed at once, cluster-wide
+	MaxAge      time.Duration // how long messages are kept for sync
+	MaxBytes    int64
+	MaxPerConv  int64 // messages kept per conversation
+	DedupWindow time.Duration
+	Replicas    int
+	PushAckWait time.Duration // redelivery to another logic node when one dies
+	MaxPushAcks int           // messages being pushed at once, cluster-wide
 }
 
 // DefaultStoreConfig is the store of `imwatch up`.

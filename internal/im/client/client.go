@@ -23,12 +23,12 @@ import (
 
 // Config configures a client.
 type Config struct {
-	URLs        []string                       // gateways' ws:// URLs, tried in turn
-	Token       func() (string, error)         // returns a fresh auth token
-	DialTimeout time.Duration                  //
-	GapTimeout  time.Duration                  // a gap in a conversation older than this is synced
-	Inbox       int                            // messages buffered for the application
-	Log         *slog.Logger                   //
+	URLs        []string                        // gateways' ws:// URLs, tried in turn
+	Token       func() (string, error)          // returns a fresh auth token
+	DialTimeout time.Duration                   //
+	GapTimeout  time.Duration                   // a gap in a conversation older than this is synced
+	Inbox       int                             // messages buffered for the application
+	Log         *slog.Logger                    //
 	OnState     func(connected bool, gw string) // optional: told of each connect and disconnect
 }
 

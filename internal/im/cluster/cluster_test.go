@@ -27,12 +27,6 @@ func TestOneToOneMultiDevice(t *testing.T) {
 			t.Fatalf("send-ack without seq or msg id: %+v", r)
 		}
 	}
-	for _, dev := range []*struct{ n string }{{"phone"}, {"laptop"}} {
-		_ = dev
-	}
-	for _, cl := range []interface{}{bobPhone, bobLaptop} {
-		_ = cl
-	}
 	got := imtest.Bodies(imtest.Receive(t, bobPhone, 50, 10*time.Second))
 	if !slices.Equal(got, want) {
 		t.Fatalf("phone got %v, want %v", got, want)
@@ -42,4 +36,22 @@ func TestOneToOneMultiDevice(t *testing.T) {
 		t.Fatalf("laptop got %v, want %v", got, want)
 	}
 	imtest.ExpectNone(t, bobPhone, 200*time.Millisecond)
+}
+
+func TestExternalNATSServer(t *testing.T) {
+	nats := imtest.StartNATSServer(t)
+	c := imtest.StartCluster(t, nats.URL, 1)
+	alice := imtest.Dial(t, c.URLs(), "alice", "phone")
+	bob := imtest.Dial(t, c.URLs(), "bob", "phone")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	want := imtest.Seq("x", 20)
+	for _, b := range want {
+		if _, err := alice.Send(ctx, "bob", b); err != nil {
+			t.Fatalf("send: %v", err)
+		}
+	}
+	if got := imtest.Bodies(imtest.Receive(t, bob, 20, 10*time.Second)); !slices.Equal(got, want) {
+		t.Fatalf("bob got %v, want %v", got, want)
+	}
 }

@@ -21,7 +21,7 @@ import (
 
 // Config configures a logic node.
 type Config struct {
-	Node        string        // instance name, unique among logic nodes
+	Node        string // instance name, unique among logic nodes
 	Store       bus.StoreConfig
 	AckTimeout  time.Duration // wait for a device's deliver-ack before pushing again
 	MaxAttempts int           // pushes per device before it is left to sync

@@ -46,25 +46,25 @@ const (
 
 // Error codes carried in error frames. They are stable: clients match on them.
 const (
-	CodeBadFrame        = "bad_frame"        // not a JSON object, or a field of the wrong type
-	CodeUnknownType     = "unknown_type"     // the type field names no frame type
-	CodeFrameTooLarge   = "frame_too_large"  // over MaxFrameBytes; the connection is closed
-	CodeUnauthenticated = "unauthenticated"  // a frame other than auth before auth_ok
-	CodeBadToken        = "bad_token"        // token malformed or its signature is wrong
-	CodeTokenExpired    = "token_expired"    // token past its expiry
-	CodeRateLimited     = "rate_limited"     // the connection sends faster than allowed; frame dropped
-	CodeBadRequest      = "bad_request"      // a required field is missing or invalid
-	CodeNotMember       = "not_member"       // sender is not a member of the group
-	CodeGroupExists     = "group_exists"     // group_create for an existing group
-	CodeNoSuchGroup     = "no_such_group"    // the group does not exist
-	CodeForbidden       = "forbidden"        // only the group's owner may do that
-	CodeUnavailable     = "unavailable"      // the back end did not answer in time; retry
-	CodeOverloaded      = "overloaded"       // the server refuses work it cannot queue; retry later
-	CodeIdleTimeout     = "idle_timeout"     // nothing received within the idle timeout; closed
-	CodeAuthTimeout     = "auth_timeout"     // no auth frame in time; closed
-	CodeSlowConsumer    = "slow_consumer"    // the client did not read its frames; closed
-	CodeReplaced        = "replaced"         // the same user and device connected again; closed
-	CodeInternal        = "internal"         // a server fault; retry
+	CodeBadFrame        = "bad_frame"       // not a JSON object, or a field of the wrong type
+	CodeUnknownType     = "unknown_type"    // the type field names no frame type
+	CodeFrameTooLarge   = "frame_too_large" // over MaxFrameBytes; the connection is closed
+	CodeUnauthenticated = "unauthenticated" // a frame other than auth before auth_ok
+	CodeBadToken        = "bad_token"       // token malformed or its signature is wrong
+	CodeTokenExpired    = "token_expired"   // token past its expiry
+	CodeRateLimited     = "rate_limited"    // the connection sends faster than allowed; frame dropped
+	CodeBadRequest      = "bad_request"     // a required field is missing or invalid
+	CodeNotMember       = "not_member"      // sender is not a member of the group
+	CodeGroupExists     = "group_exists"    // group_create for an existing group
+	CodeNoSuchGroup     = "no_such_group"   // the group does not exist
+	CodeForbidden       = "forbidden"       // only the group's owner may do that
+	CodeUnavailable     = "unavailable"     // the back end did not answer in time; retry
+	CodeOverloaded      = "overloaded"      // the server refuses work it cannot queue; retry later
+	CodeIdleTimeout     = "idle_timeout"    // nothing received within the idle timeout; closed
+	CodeAuthTimeout     = "auth_timeout"    // no auth frame in time; closed
+	CodeSlowConsumer    = "slow_consumer"   // the client did not read its frames; closed
+	CodeReplaced        = "replaced"        // the same user and device connected again; closed
+	CodeInternal        = "internal"        // a server fault; retry
 )
 
 // Frame is every frame of the protocol in one struct: each type uses the
@@ -78,19 +78,19 @@ type Frame struct {
 
 	Token string `json:"token,omitempty"` // auth
 
-	To     string `json:"to,omitempty"`     // send: recipient user of a one-to-one message
-	Group  string `json:"group,omitempty"`  // send, group_*: group id
-	Body   string `json:"body,omitempty"`   // send, deliver
-	Probe  bool   `json:"probe,omitempty"`  // send, deliver: a probe message, always traced
-	Trace  string `json:"traceparent,omitempty"` // W3C traceparent of the message's send span
+	To    string `json:"to,omitempty"`          // send: recipient user of a one-to-one message
+	Group string `json:"group,omitempty"`       // send, group_*: group id
+	Body  string `json:"body,omitempty"`        // send, deliver
+	Probe bool   `json:"probe,omitempty"`       // send, deliver: a probe message, always traced
+	Trace string `json:"traceparent,omitempty"` // W3C traceparent of the message's send span
 
 	MsgID      string `json:"msg_id,omitempty"` // send_ack, deliver, deliver_ack
 	Conv       string `json:"conv,omitempty"`   // send_ack, deliver, deliver_ack
 	Seq        uint64 `json:"seq,omitempty"`    // send_ack, deliver, deliver_ack: per-conversation sequence
 	From       string `json:"from,omitempty"`   // deliver
 	FromDevice string `json:"from_device,omitempty"`
-	TS         int64  `json:"ts,omitempty"`  // send_ack, deliver: server time the message was stored, Unix ms
-	Dup        bool   `json:"dup,omitempty"` // send_ack: the id was seen before; the first send's result
+	TS         int64  `json:"ts,omitempty"`   // send_ack, deliver: server time the message was stored, Unix ms
+	Dup        bool   `json:"dup,omitempty"`  // send_ack: the id was seen before; the first send's result
 	Sync       bool   `json:"sync,omitempty"` // deliver: sent in answer to a sync
 
 	After map[string]uint64 `json:"after,omitempty"` // sync: conversation -> last sequence held
@@ -100,9 +100,9 @@ type Frame struct {
 	Count   int      `json:"count,omitempty"`   // sync_done
 	More    bool     `json:"more,omitempty"`    // sync_done: a limit was reached; sync again
 
-	User        string `json:"user,omitempty"`   // auth_ok
-	Device      string `json:"device,omitempty"` // auth_ok
-	Gateway     string `json:"gateway,omitempty"` // auth_ok
+	User        string `json:"user,omitempty"`         // auth_ok
+	Device      string `json:"device,omitempty"`       // auth_ok
+	Gateway     string `json:"gateway,omitempty"`      // auth_ok
 	HeartbeatMS int64  `json:"heartbeat_ms,omitempty"` // auth_ok: send a ping at least this often
 
 	Code    string `json:"code,omitempty"`    // error

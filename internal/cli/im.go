@@ -1,0 +1,170 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/imwatch/imwatch/internal/im/bus"
+	"github.com/imwatch/imwatch/internal/im/gateway"
+	"github.com/imwatch/imwatch/internal/im/logic"
+	"github.com/imwatch/imwatch/internal/im/protocol"
+	"github.com/imwatch/imwatch/internal/service"
+)
+
+const stopTimeout = 15 * time.Second
+
+// natsFlags choose the bus: an external NATS, or one embedded in this process.
+type natsFlags struct {
+	url    string
+	listen string
+	data   string
+}
+
+func (n *natsFlags) register(fs *flag.FlagSet, defaultListen string) {
+	fs.StringVar(&n.url, "nats", "", "URL of an external NATS server or cluster with JetStream (default: embed one)")
+	fs.StringVar(&n.listen, "nats-listen", defaultListen, "loopback address of the embedded NATS server, when --nats is not given")
+	fs.StringVar(&n.data, "data", "./imwatch-data", "data directory (embedded NATS store, secret)")
+}
+
+// start returns the NATS URL to use, starting an embedded server into g if needed.
+func (n *natsFlags) start(g *service.Group, log *slog.Logger) (string, error) {
+	if n.url != "" {
+		return n.url, nil
+	}
+	emb, err := bus.StartEmbedded(n.listen, n.data, log)
+	if err != nil {
+		return "", err
+	}
+	_ = g.Start(context.Background(), service.Func{N: "embedded nats", StopFn: func(context.Context) error { emb.Shutdown(); return nil }})
+	return emb.URL(), nil
+}
+
+func runGateway(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("im gateway", "Runs a WebSocket gateway of the reference IM: clients connect to ws://LISTEN/ws.", stderr)
+	var nf natsFlags
+	var sf secretFlags
+	var lf logFlags
+	nf.register(fs, "127.0.0.1:4222")
+	sf.register(fs)
+	lf.register(fs)
+	listen := fs.String("listen", "127.0.0.1:7080", "address of the WebSocket endpoint /ws")
+	id := fs.String("id", "", "gateway id, unique in the cluster (default: from --listen)")
+	idle := fs.Duration("idle-timeout", 60*time.Second, "close a connection that sends nothing for this long")
+	rateLimit := fs.Float64("rate", 200, "frames per second allowed per connection")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	secret, _, err := sf.load(nf.data, false)
+	if err != nil {
+		return err
+	}
+	if *id == "" {
+		*id = gateway.IDFromListen(*listen)
+	}
+	if !protocol.ValidUser(*id) {
+		return usagef("--id %q: use 1 to 64 characters of A-Z a-z 0-9 _ -", *id)
+	}
+	g := service.NewGroup(log)
+	defer g.Stop(stopTimeout)
+	url, err := nf.start(g, log)
+	if err != nil {
+		return err
+	}
+	nc, err := bus.Connect(url, *id, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	cfg := gateway.DefaultConfig(*id, *listen, secret)
+	cfg.Log, cfg.IdleTimeout, cfg.RateLimit = log, *idle, *rateLimit
+	gw, err := gateway.New(cfg, nc)
+	if err != nil {
+		return usageError{err}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := g.Start(ctx, gw); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "gateway %s listening on ws://%s/ws (nats %s)\n", *id, gw.Addr(), url)
+	sig := service.WaitForSignal(context.Background())
+	log.Info("stopping", "signal", sig)
+	return g.Stop(stopTimeout)
+}
+
+func runLogic(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("im logic", "Runs a logic node of the reference IM. Start any number; they share the work.", stderr)
+	var nf natsFlags
+	var lf logFlags
+	nf.register(fs, "127.0.0.1:4222")
+	lf.register(fs)
+	node := fs.String("node", "logic-1", "node name, unique among logic nodes")
+	ackTimeout := fs.Duration("ack-timeout", 2*time.Second, "push a message again when a device has not acknowledged it in this time")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	g := service.NewGroup(log)
+	defer g.Stop(stopTimeout)
+	url, err := nf.start(g, log)
+	if err != nil {
+		return err
+	}
+	nc, err := bus.Connect(url, *node, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	cfg := logic.DefaultConfig(*node)
+	cfg.Log, cfg.AckTimeout = log, *ackTimeout
+	l, err := logic.New(cfg, nc)
+	if err != nil {
+		return usageError{err}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := g.Start(ctx, l); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "logic node %s running (nats %s)\n", *node, url)
+	sig := service.WaitForSignal(context.Background())
+	log.Info("stopping", "signal", sig)
+	return g.Stop(stopTimeout)
+}
+
+func runToken(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("im token", "Prints an auth token for a user and device, signed with the cluster's secret.", stderr)
+	var sf secretFlags
+	sf.register(fs)
+	data := fs.String("data", "./imwatch-data", "data directory holding the secret")
+	user := fs.String("user", "", "user id (required)")
+	device := fs.String("device", "cli", "device id")
+	ttl := fs.Duration("ttl", 24*time.Hour, "how long the token is valid")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *user == "" {
+		return usagef("--user is required")
+	}
+	secret, _, err := sf.load(*data, false)
+	if err != nil {
+		return err
+	}
+	tok, err := protocol.NewToken(secret, *user, *device, *ttl)
+	if err != nil {
+		return usageError{err}
+	}
+	fmt.Fprintln(stdout, tok)
+	return nil
+}

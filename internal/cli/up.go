@@ -1,0 +1,62 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/imwatch/imwatch/internal/im/cluster"
+	"github.com/imwatch/imwatch/internal/service"
+)
+
+func runUp(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("up", "Runs everything on this machine with embedded defaults: NATS with JetStream,\ntwo gateways and a logic node of the reference IM.", stderr)
+	var lf logFlags
+	var sf secretFlags
+	lf.register(fs)
+	sf.register(fs)
+	data := fs.String("data", "./imwatch-data", "data directory")
+	gwListen := fs.String("gateway-listen", "127.0.0.1:7080", "address of the first gateway; the second listens on the next port")
+	natsURL := fs.String("nats", "", "URL of an external NATS with JetStream (default: embed one)")
+	natsListen := fs.String("nats-listen", "127.0.0.1:4222", "loopback address of the embedded NATS server")
+	_ = fs.String("listen", "127.0.0.1:7070", "address of the monitoring center (reserved: the center is not built yet)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(*data, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	secret, secretFrom, err := sf.load(*data, true)
+	if err != nil {
+		return err
+	}
+	gw2, err := cluster.NextPort(*gwListen, 1)
+	if err != nil {
+		return usageError{err}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := cluster.Start(ctx, cluster.Options{
+		DataDir: *data, NATSURL: *natsURL, NATSListen: *natsListen,
+		GatewayListen: []string{*gwListen, gw2}, LogicNodes: 1, Secret: secret, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "imwatch is up.\n")
+	fmt.Fprintf(stdout, "  nats:      %s\n", c.NATSURL)
+	for i, u := range c.URLs() {
+		fmt.Fprintf(stdout, "  gateway %d: %s\n", i+1, u)
+	}
+	fmt.Fprintf(stdout, "  secret:    %s\n  data:      %s\n", secretFrom, *data)
+	fmt.Fprintf(stdout, "Get a token with: imwatch im token --data %s --user alice\nStop with Ctrl-C.\n", *data)
+	sig := service.WaitForSignal(context.Background())
+	log.Info("stopping", "signal", sig)
+	return c.Stop(stopTimeout)
+}

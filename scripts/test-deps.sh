@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs the real servers the integration tests talk to, from Debian's
+# packages, when this is a Debian machine and we are root. With
+# IMWATCH_INTEGRATION=1 a server that is still missing fails the run.
+set -euo pipefail
+
+packages=(nats-server)
+binaries=(nats-server)
+
+missing=()
+for i in "${!binaries[@]}"; do
+	command -v "${binaries[$i]}" >/dev/null 2>&1 || missing+=("${packages[$i]}")
+done
+
+if ((${#missing[@]})); then
+	if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+		echo "test-deps: installing ${missing[*]}"
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get update -qq
+		apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	else
+		echo "test-deps: missing ${missing[*]} and cannot apt-get install (not root or not Debian)" >&2
+	fi
+fi
+
+for b in "${binaries[@]}"; do
+	if ! command -v "$b" >/dev/null 2>&1; then
+		if [[ ${IMWATCH_INTEGRATION:-} == 1 ]]; then
+			echo "test-deps: $b is required with IMWATCH_INTEGRATION=1" >&2
+			exit 1
+		fi
+		echo "test-deps: $b missing: its integration tests will be skipped" >&2
+	fi
+done
