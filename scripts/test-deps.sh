@@ -4,13 +4,18 @@
 # IMWATCH_INTEGRATION=1 a server that is still missing fails the run.
 set -euo pipefail
 
-packages=(nats-server)
-binaries=(nats-server)
+# packages[i] provides binaries[i].
+packages=(nats-server prometheus prometheus prometheus-node-exporter prometheus-alertmanager)
+binaries=(nats-server promtool prometheus prometheus-node-exporter prometheus-alertmanager)
 
 missing=()
 for i in "${!binaries[@]}"; do
 	command -v "${binaries[$i]}" >/dev/null 2>&1 || missing+=("${packages[$i]}")
 done
+# One package can provide several binaries: name it once.
+if ((${#missing[@]})); then
+	mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+fi
 
 if ((${#missing[@]})); then
 	if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then

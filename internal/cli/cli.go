@@ -23,10 +23,12 @@ const usage = `imwatch watches the message link of an instant-messaging system.
 
 Usage:
   imwatch up [flags]              run everything on this machine with embedded defaults
+  imwatch center [flags]          run the monitoring center (metrics store, rules, alerts, API)
   imwatch im gateway [flags]      run a WebSocket gateway of the reference IM
   imwatch im logic [flags]        run a logic node of the reference IM
   imwatch im bench [flags]        load-test a running IM: users chatting one-to-one
   imwatch im token [flags]        print an auth token for a user and device
+  imwatch agent [flags]           serve this host's system metrics on /metrics
   imwatch version                 print the version
 
 Run 'imwatch COMMAND --help' for a command's flags.
@@ -44,6 +46,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		err = runUp(args[1:], stdout, stderr)
 	case "im":
 		err = runIM(args[1:], stdout, stderr)
+	case "center":
+		err = runCenter(args[1:], stdout, stderr)
+	case "agent":
+		err = runAgent(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "imwatch %s\n", versionString())
 		return 0

@@ -44,6 +44,8 @@ func (n *natsFlags) start(g *service.Group, log *slog.Logger) (string, error) {
 }
 
 func runGateway(args []string, stdout, stderr io.Writer) error {
+	sig, stopSig := catchStopSignals()
+	defer stopSig()
 	fs := newFlags("im gateway", "Runs a WebSocket gateway of the reference IM: clients connect to ws://LISTEN/ws.", stderr)
 	var nf natsFlags
 	var sf secretFlags
@@ -89,18 +91,24 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageError{err}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(sig, 30*time.Second)
 	defer cancel()
 	if err := g.Start(ctx, gw); err != nil {
+		if sig.Err() != nil {
+			log.Info("stopped during start-up", "signal", stopReason(sig))
+			return g.Stop(stopTimeout)
+		}
 		return err
 	}
 	fmt.Fprintf(stdout, "gateway %s listening on ws://%s/ws (nats %s)\n", *id, gw.Addr(), url)
-	sig := service.WaitForSignal(context.Background())
-	log.Info("stopping", "signal", sig)
+	<-sig.Done()
+	log.Info("stopping", "signal", stopReason(sig))
 	return g.Stop(stopTimeout)
 }
 
 func runLogic(args []string, stdout, stderr io.Writer) error {
+	sig, stopSig := catchStopSignals()
+	defer stopSig()
 	fs := newFlags("im logic", "Runs a logic node of the reference IM. Start any number; they share the work.", stderr)
 	var nf natsFlags
 	var lf logFlags
@@ -132,14 +140,18 @@ func runLogic(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageError{err}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(sig, 30*time.Second)
 	defer cancel()
 	if err := g.Start(ctx, l); err != nil {
+		if sig.Err() != nil {
+			log.Info("stopped during start-up", "signal", stopReason(sig))
+			return g.Stop(stopTimeout)
+		}
 		return err
 	}
 	fmt.Fprintf(stdout, "logic node %s running (nats %s)\n", *node, url)
-	sig := service.WaitForSignal(context.Background())
-	log.Info("stopping", "signal", sig)
+	<-sig.Done()
+	log.Info("stopping", "signal", stopReason(sig))
 	return g.Stop(stopTimeout)
 }
 

@@ -8,10 +8,11 @@ import (
 	"time"
 
 	"github.com/imwatch/imwatch/internal/im/cluster"
-	"github.com/imwatch/imwatch/internal/service"
 )
 
 func runUp(args []string, stdout, stderr io.Writer) error {
+	sig, stopSig := catchStopSignals()
+	defer stopSig()
 	fs := newFlags("up", "Runs everything on this machine with embedded defaults: NATS with JetStream,\ntwo gateways and a logic node of the reference IM.", stderr)
 	var lf logFlags
 	var sf secretFlags
@@ -40,13 +41,17 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageError{err}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(sig, 30*time.Second)
 	defer cancel()
 	c, err := cluster.Start(ctx, cluster.Options{
 		DataDir: *data, NATSURL: *natsURL, NATSListen: *natsListen,
 		GatewayListen: []string{*gwListen, gw2}, LogicNodes: 1, Secret: secret, Log: log,
 	})
 	if err != nil {
+		if sig.Err() != nil { // cluster.Start stopped what it had started
+			log.Info("stopped during start-up", "signal", stopReason(sig))
+			return nil
+		}
 		return err
 	}
 	fmt.Fprintf(stdout, "imwatch is up.\n")
@@ -56,7 +61,7 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "  secret:    %s\n  data:      %s\n", secretFrom, *data)
 	fmt.Fprintf(stdout, "Get a token with: imwatch im token --data %s --user alice\nStop with Ctrl-C.\n", *data)
-	sig := service.WaitForSignal(context.Background())
-	log.Info("stopping", "signal", sig)
+	<-sig.Done()
+	log.Info("stopping", "signal", stopReason(sig))
 	return c.Stop(stopTimeout)
 }

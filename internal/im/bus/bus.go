@@ -135,7 +135,14 @@ type GroupReply struct {
 type Group struct {
 	Owner   string   `json:"owner"`
 	Members []string `json:"members"`
+	// Left maps each removed user to the last sequence of the group's
+	// conversation stored before the removal: the messages up to it were
+	// sent to them, and they still get them by push and sync.
+	Left map[string]uint64 `json:"left,omitempty"`
 }
+
+// MaxGroupLeft bounds Group.Left; past it the earliest removals are forgotten.
+const MaxGroupLeft = 1000
 
 // GatewayInfo is a gateway's liveness record, refreshed every GatewayRefresh.
 type GatewayInfo struct {
@@ -177,7 +184,7 @@ func DefaultStoreConfig() StoreConfig {
 		MaxPerConv:  10000,
 		DedupWindow: 2 * time.Minute,
 		Replicas:    1,
-		PushAckWait: 15 * time.Second,
+		PushAckWait: 6 * time.Second,
 		MaxPushAcks: 200000,
 	}
 }

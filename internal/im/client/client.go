@@ -193,10 +193,19 @@ func (c *Client) send(ctx context.Context, f protocol.Frame, opts []SendOption) 
 	if f.ID == "" {
 		f.ID = nuid.Next()
 	}
+	// While the send awaits its ack, the message may come back to this
+	// device by sync; the orderer must not hand it to the application.
+	conv := protocol.GroupConv(f.Group)
+	if f.To != "" {
+		conv = protocol.DirectConv(c.User(), f.To)
+	}
+	c.order.sending(conv, 1)
+	defer c.order.sending(conv, -1)
 	backoff := 50 * time.Millisecond
 	for {
 		r, err := c.roundTrip(ctx, f)
 		if err == nil {
+			c.order.own(r.Conv, r.Seq)
 			return SendResult{MsgID: r.MsgID, Conv: r.Conv, Seq: r.Seq, TS: r.TS, Dup: r.Dup}, nil
 		}
 		var perr *protocol.Error
@@ -228,6 +237,14 @@ func retryable(code string) bool {
 // errDisconnected means the connection dropped before the answer came.
 var errDisconnected = errors.New("client: disconnected before the answer")
 
+// errNoAnswer means no answer came within attemptTimeout.
+var errNoAnswer = errors.New("client: no answer in time")
+
+// attemptTimeout is how long one attempt waits for its answer: longer than
+// the gateway's own timeout towards the logic nodes, so a slow store answers
+// with an error frame first.
+const attemptTimeout = 15 * time.Second
+
 // roundTrip writes f once connected and waits for the frame answering its id.
 func (c *Client) roundTrip(ctx context.Context, f protocol.Frame) (protocol.Frame, error) {
 	s, err := c.conn(ctx)
@@ -246,7 +263,13 @@ func (c *Client) roundTrip(ctx context.Context, f protocol.Frame) (protocol.Fram
 	if err := c.write(ctx, s.ws, f); err != nil {
 		return protocol.Frame{}, errDisconnected
 	}
+	// A frame the gateway dropped (rate limit) is never answered: give up on
+	// this attempt after a while; send resends it with the same id.
+	attempt := time.NewTimer(attemptTimeout)
+	defer attempt.Stop()
 	select {
+	case <-attempt.C:
+		return protocol.Frame{}, errNoAnswer
 	case r := <-ch:
 		if r.Type == protocol.TypeError {
 			return r, &protocol.Error{Code: r.Code, Message: r.Message}

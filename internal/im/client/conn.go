@@ -102,7 +102,7 @@ func (c *Client) connect(ctx context.Context, url string) (*session, error) {
 	if resp != nil && resp.Body != nil {
 		resp.Body.Close()
 	}
-	ws.SetReadLimit(4 * protocol.MaxFrameBytes)
+	ws.SetReadLimit(protocol.MaxServerFrameBytes)
 	if err := c.write(dctx, ws, protocol.Frame{Type: protocol.TypeAuth, Token: token}); err != nil {
 		ws.CloseNow()
 		return nil, fmt.Errorf("auth: %w", err)
@@ -131,6 +131,7 @@ func (c *Client) connect(ctx context.Context, url string) (*session, error) {
 	c.mu.Lock()
 	c.user, c.device = f.User, f.Device
 	c.mu.Unlock()
+	c.order.setSelf(f.User, f.Device)
 	hb := time.Duration(f.HeartbeatMS) * time.Millisecond
 	if hb <= 0 {
 		hb = 20 * time.Second

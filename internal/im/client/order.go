@@ -17,6 +17,11 @@ type orderer struct {
 	held  int
 	dups  atomic.Int64
 
+	// user and device are who this client is; messages from this device
+	// that arrive while a send of it in the conversation awaits its ack are
+	// its own, come back by sync before the ack did.
+	user, device string
+
 	// During a sync, the first synced message of a conversation that this
 	// client has not seen from its start may skip ahead: what lies before it
 	// is no longer kept by the server.
@@ -27,23 +32,37 @@ type orderer struct {
 
 type convOrder struct {
 	next     uint64
-	buf      map[uint64]Message
+	buf      map[uint64]queued
 	gapSince time.Time
 	started  bool // a message of this conversation was handed over
+	sending  int  // sends of this client in the conversation awaiting their send-ack
+}
+
+// queued is a message waiting for its turn. An own one is a message this client
+// sent: it takes its place in the sequence but is not handed to the
+// application, which has its send-ack instead.
+type queued struct {
+	m   Message
+	own bool
 }
 
 func newOrderer(emit func(Message)) *orderer {
 	return &orderer{convs: map[string]*convOrder{}, emit: emit, fresh: map[string]bool{}}
 }
 
+func (o *orderer) conv(id string) *convOrder {
+	co := o.convs[id]
+	if co == nil {
+		co = &convOrder{next: 1, buf: map[uint64]queued{}}
+		o.convs[id] = co
+	}
+	return co
+}
+
 func (o *orderer) add(m Message) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	co := o.convs[m.Conv]
-	if co == nil {
-		co = &convOrder{next: 1, buf: map[uint64]Message{}}
-		o.convs[m.Conv] = co
-	}
+	co := o.conv(m.Conv)
 	if m.Sync && o.syncing && !co.started && (o.full || o.fresh[m.Conv]) && m.Seq > co.next {
 		for s := range co.buf {
 			if s < m.Seq {
@@ -56,15 +75,21 @@ func (o *orderer) add(m Message) {
 	if m.Sync && o.syncing {
 		delete(o.fresh, m.Conv)
 	}
-	if _, held := co.buf[m.Seq]; m.Seq < co.next || held {
+	if _, ok := co.buf[m.Seq]; m.Seq < co.next || ok {
 		o.dups.Add(1)
 		return
 	}
 	if o.held >= maxBuffered {
 		return // the gap sync brings it back
 	}
-	co.buf[m.Seq] = m
+	own := co.sending > 0 && m.From == o.user && m.FromDevice == o.device
+	co.buf[m.Seq] = queued{m: m, own: own}
 	o.held++
+	o.drain(co)
+}
+
+// drain hands over the messages that are next in line.
+func (o *orderer) drain(co *convOrder) {
 	for {
 		next, ok := co.buf[co.next]
 		if !ok {
@@ -74,13 +99,50 @@ func (o *orderer) add(m Message) {
 		o.held--
 		co.next++
 		co.started = true
-		o.emit(next)
+		if !next.own {
+			o.emit(next.m)
+		}
 	}
 	if len(co.buf) == 0 {
 		co.gapSince = time.Time{}
 	} else if co.gapSince.IsZero() {
 		co.gapSince = time.Now()
 	}
+}
+
+// setSelf records who this client is.
+func (o *orderer) setSelf(user, device string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.user, o.device = user, device
+}
+
+// sending counts a send of this client in conv as started (+1) or finished (-1).
+func (o *orderer) sending(conv string, delta int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	co := o.conv(conv)
+	co.sending += delta
+}
+
+// own takes the place of a message this client sent and got the send-ack
+// for: it counts in the conversation's sequence, so that the next message
+// does not wait on a gap, and it is never handed to the application.
+func (o *orderer) own(conv string, seq uint64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	co := o.conv(conv)
+	if seq < co.next {
+		return
+	}
+	if _, ok := co.buf[seq]; !ok {
+		if o.held >= maxBuffered {
+			return
+		}
+		o.held++
+	}
+	co.buf[seq] = queued{own: true}
+	o.drain(co)
 }
 
 // positions is, per conversation, the last sequence handed over.

@@ -20,15 +20,19 @@ import (
 const (
 	maxPendingAcks = 4096 // deliveries awaiting a deliver_ack, per connection
 	writeTimeout   = 10 * time.Second
-	floodLimit     = 2000 // frames dropped for rate before the connection is closed
+	// A connection that has floodLimit frames dropped for rate within one
+	// floodWindow is closed: it is flooding, not just bursting.
+	floodLimit  = 2000
+	floodWindow = 10 * time.Second
 )
 
 // conn is one client's WebSocket connection.
 type conn struct {
 	g      *Gateway
 	ws     *websocket.Conn
-	user   string
+	user   string // set once by the read loop on auth
 	device string
+	authed atomic.Bool // user is set; read by the watchdog
 
 	out       chan []byte
 	closed    chan struct{}
@@ -37,10 +41,11 @@ type conn struct {
 	closeWhy  string
 	closeErr  []byte
 
-	limiter  *rate.Limiter
-	dropped  int
-	inflight chan struct{}
-	lastRecv atomic.Int64
+	limiter     *rate.Limiter
+	dropped     int       // frames dropped for rate since droppedFrom
+	droppedFrom time.Time // start of the current flood window
+	inflight    chan struct{}
+	lastRecv    atomic.Int64
 
 	presenceRev atomic.Uint64
 
@@ -68,6 +73,18 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	c.lastRecv.Store(time.Now().UnixNano())
 	g.wg.Add(1)
 	defer g.wg.Done()
+	g.mu.Lock()
+	g.live[c] = struct{}{}
+	stopping := g.stopping
+	g.mu.Unlock()
+	if stopping { // accepted while Stop was closing the others
+		c.close(websocket.StatusGoingAway, "gateway shutting down", nil)
+	}
+	defer func() {
+		g.mu.Lock()
+		delete(g.live, c)
+		g.mu.Unlock()
+	}()
 	writerDone := make(chan struct{})
 	go func() { c.writeLoop(); close(writerDone) }()
 	c.readLoop(r.Context())
@@ -104,22 +121,30 @@ func (c *conn) readLoop(ctx context.Context) {
 	for {
 		data, err := c.readFrame(ctx)
 		var perr *protocol.Error
-		if errors.As(err, &perr) {
-			if perr.Code == protocol.CodeFrameTooLarge {
-				c.close(websocket.StatusMessageTooBig, perr.Code, perr)
-				return
-			}
-			c.sendError("", perr)
-			continue
-		}
-		if err != nil {
+		if errors.As(err, &perr) && perr.Code == protocol.CodeFrameTooLarge {
+			c.close(websocket.StatusMessageTooBig, perr.Code, perr)
 			return
 		}
-		c.lastRecv.Store(time.Now().UnixNano())
-		if !c.limiter.Allow() {
+		if err != nil && perr == nil {
+			return
+		}
+		select {
+		case <-c.closed:
+			// Closing: read on only to complete the close handshake.
+			continue
+		default:
+		}
+		// Every frame counts, binary ones too: against the idle timeout and
+		// against the rate limit.
+		now := time.Now()
+		c.lastRecv.Store(now.UnixNano())
+		if !c.limiter.AllowN(now, 1) {
+			if now.Sub(c.droppedFrom) > floodWindow {
+				c.dropped, c.droppedFrom = 0, now
+			}
 			c.dropped++
 			if c.dropped >= floodLimit {
-				c.close(websocket.StatusPolicyViolation, protocol.CodeRateLimited, protocol.Errorf(protocol.CodeRateLimited, "flood: connection closed"))
+				c.close(websocket.StatusPolicyViolation, protocol.CodeRateLimited, protocol.Errorf(protocol.CodeRateLimited, "flood: %d frames over the rate within %s; connection closed", c.dropped, floodWindow))
 				return
 			}
 			if c.dropped%100 == 1 {
@@ -127,11 +152,19 @@ func (c *conn) readLoop(ctx context.Context) {
 			}
 			continue
 		}
-		c.dropped = 0
-		f, err := protocol.DecodeClientFrame(data)
-		if err != nil {
-			perr := err.(*protocol.Error)
-			if c.user == "" && f.Type == protocol.TypeAuth {
+		var f protocol.Frame
+		if perr == nil {
+			f, err = protocol.DecodeClientFrame(data)
+			if err != nil {
+				perr = err.(*protocol.Error)
+			}
+		}
+		if perr != nil {
+			if c.user == "" {
+				// Before auth_ok only a valid auth frame is acceptable.
+				if f.Type != protocol.TypeAuth {
+					perr = protocol.Errorf(protocol.CodeUnauthenticated, "the first frame must be a valid auth frame (%s)", perr.Message)
+				}
 				c.close(websocket.StatusPolicyViolation, perr.Code, perr)
 				return
 			}
@@ -163,7 +196,7 @@ func (c *conn) watchdog(ctx context.Context, cancel context.CancelFunc) {
 			time.AfterFunc(writeTimeout, cancel)
 			return
 		case now := <-t.C:
-			if c.user == "" && now.Sub(start) > c.g.cfg.AuthTimeout {
+			if !c.authed.Load() && now.Sub(start) > c.g.cfg.AuthTimeout {
 				c.close(websocket.StatusPolicyViolation, protocol.CodeAuthTimeout, protocol.Errorf(protocol.CodeAuthTimeout, "no auth frame within %s", c.g.cfg.AuthTimeout))
 				time.AfterFunc(writeTimeout, cancel)
 				return
@@ -200,6 +233,7 @@ func (c *conn) authenticate(f protocol.Frame) bool {
 		c.close(websocket.StatusTryAgainLater, perr.Code, perr)
 		return false
 	}
+	c.authed.Store(true)
 	c.send(protocol.Frame{Type: protocol.TypeAuthOK, User: c.user, Device: c.device, Gateway: c.g.cfg.ID,
 		HeartbeatMS: c.g.cfg.IdleTimeout.Milliseconds() / 3})
 	return true
@@ -412,7 +446,7 @@ func (c *conn) writeLoop() {
 			}
 		case <-c.closed:
 			// Flush what is queued, bounded, then say why and close.
-			for i := 0; i < len(c.out) && i < 256; i++ {
+			for n := min(len(c.out), 256); n > 0; n-- {
 				if !c.write(<-c.out) {
 					_ = c.ws.CloseNow()
 					return

@@ -95,9 +95,11 @@ type Gateway struct {
 	mux  *http.ServeMux
 	sub  *nats.Subscription
 
-	mu    sync.RWMutex
-	conns map[string]map[string]*conn // user -> device -> connection
-	n     int
+	mu       sync.RWMutex
+	conns    map[string]map[string]*conn // user -> device -> connection
+	n        int
+	live     map[*conn]struct{} // every open connection, authenticated or not
+	stopping bool               // Stop began: connections are turned away
 
 	stopLive chan struct{}
 	liveDone chan struct{}
@@ -123,6 +125,7 @@ func New(cfg Config, nc *nats.Conn) (*Gateway, error) {
 		js:       js,
 		epoch:    nuid.Next(),
 		conns:    map[string]map[string]*conn{},
+		live:     map[*conn]struct{}{},
 		mux:      http.NewServeMux(),
 		stopLive: make(chan struct{}),
 		liveDone: make(chan struct{}),
@@ -211,14 +214,13 @@ func (g *Gateway) Stop(ctx context.Context) error {
 	_ = g.http.Shutdown(ctx)
 	close(g.stopLive)
 	<-g.liveDone
-	g.mu.RLock()
-	var all []*conn
-	for _, devs := range g.conns {
-		for _, c := range devs {
-			all = append(all, c)
-		}
+	g.mu.Lock()
+	g.stopping = true
+	all := make([]*conn, 0, len(g.live))
+	for c := range g.live {
+		all = append(all, c)
 	}
-	g.mu.RUnlock()
+	g.mu.Unlock()
 	for _, c := range all {
 		c.close(websocket.StatusGoingAway, "gateway shutting down", nil)
 	}
@@ -243,16 +245,19 @@ func (g *Gateway) Stop(ctx context.Context) error {
 // register makes c the connection of its user and device, replacing an older one.
 func (g *Gateway) register(c *conn) error {
 	g.mu.Lock()
-	if g.n >= g.cfg.MaxConns {
+	devs := g.conns[c.user]
+	old := devs[c.device]
+	// A device connecting again replaces its connection and does not add one:
+	// at the limit it is still let in, or it could not come back until its
+	// dead connection timed out.
+	if old == nil && g.n >= g.cfg.MaxConns {
 		g.mu.Unlock()
 		return protocol.Errorf(protocol.CodeOverloaded, "gateway is at its connection limit; try another")
 	}
-	devs := g.conns[c.user]
 	if devs == nil {
 		devs = map[string]*conn{}
 		g.conns[c.user] = devs
 	}
-	old := devs[c.device]
 	devs[c.device] = c
 	if old == nil {
 		g.n++

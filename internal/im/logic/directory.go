@@ -3,6 +3,7 @@ package logic
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -148,6 +149,42 @@ func (d *directory) members(conv protocol.Conv) ([]string, bool) {
 	defer d.mu.RUnlock()
 	g, ok := d.groups[conv.Group]
 	return g.Members, ok
+}
+
+// recipients are the users a message of conv with sequence seq is for: the
+// members, and for a group also those who left after it was stored.
+func (d *directory) recipients(conv protocol.Conv, seq uint64) ([]string, bool) {
+	if conv.Group == "" {
+		return d.members(conv)
+	}
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	g, ok := d.groups[conv.Group]
+	if !ok || len(g.Left) == 0 {
+		return g.Members, ok
+	}
+	out := slices.Clone(g.Members)
+	for u, last := range g.Left {
+		if seq <= last {
+			out = append(out, u)
+		}
+	}
+	return out, true
+}
+
+// readLimit says whether user may read the group conversation of group, and
+// up to which sequence: 0 for all of it (a member), the last one stored
+// before the removal for one who left.
+func (d *directory) readLimit(group, user string) (uint64, bool) {
+	g, ok := d.group(group)
+	if !ok {
+		return 0, false
+	}
+	if slices.Contains(g.Members, user) {
+		return 0, true
+	}
+	last, ok := g.Left[user]
+	return last, ok && last > 0
 }
 
 func (d *directory) group(name string) (bus.Group, bool) {

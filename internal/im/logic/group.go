@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/imwatch/imwatch/internal/im/bus"
@@ -75,6 +77,7 @@ func (l *Logic) groupOnce(ctx context.Context, req bus.GroupRequest) (bus.GroupR
 				g.Members = append(g.Members, m)
 				added = append(added, m)
 			}
+			delete(g.Left, m)
 		}
 	case protocol.TypeGroupRemove:
 		if !exists {
@@ -92,6 +95,21 @@ func (l *Logic) groupOnce(ctx context.Context, req bus.GroupRequest) (bus.GroupR
 			}
 			return false
 		})
+		if len(removed) > 0 {
+			// What was stored before the removal was sent to the removed
+			// members too: they keep it, by push and by sync, even when offline now.
+			last, err := l.convTail(ctx, conv)
+			if err != nil {
+				return bus.GroupReply{Code: protocol.CodeUnavailable, Error: "message store unavailable"}, false
+			}
+			if g.Left == nil {
+				g.Left = map[string]uint64{}
+			}
+			for _, m := range removed {
+				g.Left[m] = last
+			}
+			trimLeft(g.Left, bus.MaxGroupLeft)
+		}
 	default:
 		return bus.GroupReply{Code: protocol.CodeBadRequest, Error: "unknown group operation"}, false
 	}
@@ -117,9 +135,36 @@ func (l *Logic) groupOnce(ctx context.Context, req bus.GroupRequest) (bus.GroupR
 	for _, m := range added {
 		_ = l.indexMember(ctx, m, conv)
 	}
-	for _, m := range removed {
-		_ = l.convsKV.Delete(ctx, m+"."+conv)
-		l.known.Delete(m + "." + conv)
-	}
+	// The removed members' index entries stay: a full sync finds the
+	// conversation and reads it up to their Left sequence.
 	return bus.GroupReply{Members: g.Members}, false
+}
+
+// trimLeft forgets the earliest removals beyond max.
+func trimLeft(left map[string]uint64, max int) {
+	for len(left) > max {
+		var oldest string
+		for u, s := range left {
+			if oldest == "" || s < left[oldest] || (s == left[oldest] && u < oldest) {
+				oldest = u
+			}
+		}
+		delete(left, oldest)
+	}
+}
+
+// convTail is the last sequence stored in conv, 0 when it is empty.
+func (l *Logic) convTail(ctx context.Context, conv string) (uint64, error) {
+	raw, err := l.stream.GetLastMsgForSubject(ctx, bus.MsgSubject(conv))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("load conversation tail: %w", err)
+	}
+	seq, err := strconv.ParseUint(raw.Header.Get(headerSeq), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("conversation %s: stored message %d has no sequence header", conv, raw.Sequence)
+	}
+	return seq, nil
 }

@@ -40,6 +40,9 @@ type pendingPush struct {
 	finished bool
 }
 
+// offlineRecheck is when a message with no recipient online is looked at again.
+const offlineRecheck = time.Second
+
 func newPusher(l *Logic) *pusher {
 	return &pusher{l: l, pending: map[string]*pendingPush{}, done: make(chan struct{}), stopped: make(chan struct{})}
 }
@@ -94,14 +97,21 @@ func (p *pusher) handleStored(msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
-	members, ok := p.l.dir.members(conv)
+	members, ok := p.l.dir.recipients(conv, sm.Seq)
 	if !ok {
 		_ = msg.Ack() // the group is gone
 		return
 	}
 	routes := p.l.dir.route(members, bus.Target{User: sm.From, Device: sm.FromDevice}, nil)
 	if len(routes) == 0 {
-		_ = msg.Ack() // nobody online: devices get it by sync
+		// Nobody online: devices get it by sync. Look once more a moment
+		// later, in case a device connected after its sync read the stream
+		// but before this node's presence view caught up.
+		if md, err := msg.Metadata(); err == nil && md.NumDelivered == 1 {
+			_ = msg.NakWithDelay(offlineRecheck)
+			return
+		}
+		_ = msg.Ack()
 		return
 	}
 	pp := &pendingPush{msg: msg, sm: sm, members: members, waiting: map[bus.Target]struct{}{}, attempts: 1}

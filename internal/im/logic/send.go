@@ -69,7 +69,7 @@ func (l *Logic) handleSend(m *nats.Msg) {
 }
 
 func (l *Logic) send(req bus.SendRequest) bus.SendReply {
-	if !protocol.ValidUser(req.From) || !protocol.ValidUser(req.Device) || req.ID == "" || len(req.ID) > protocol.MaxIDLen || len(req.Body) > protocol.MaxBodyBytes {
+	if !protocol.ValidUser(req.From) || !protocol.ValidUser(req.Device) || !protocol.ValidID(req.ID) || len(req.Body) > protocol.MaxBodyBytes {
 		return bus.SendReply{Code: protocol.CodeBadRequest, Error: "send request has invalid fields"}
 	}
 	var conv string

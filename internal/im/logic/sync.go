@@ -41,9 +41,10 @@ func (l *Logic) handleSync(m *nats.Msg) {
 
 func (l *Logic) sync(ctx context.Context, req bus.SyncRequest) (bus.SyncReply, error) {
 	after := map[string]uint64{}
+	limit := map[string]uint64{}
 	for c, s := range req.After {
-		if l.mayRead(req.User, c) {
-			after[c] = s
+		if lim, ok := l.readLimit(req.User, c); ok {
+			after[c], limit[c] = s, lim
 		}
 	}
 	if req.Full {
@@ -52,8 +53,11 @@ func (l *Logic) sync(ctx context.Context, req bus.SyncRequest) (bus.SyncReply, e
 			return bus.SyncReply{}, err
 		}
 		for _, c := range convs {
-			if _, ok := after[c]; !ok && l.mayRead(req.User, c) {
-				after[c] = 0
+			if _, ok := after[c]; ok {
+				continue
+			}
+			if lim, ok := l.readLimit(req.User, c); ok {
+				after[c], limit[c] = 0, lim
 			}
 		}
 	}
@@ -65,7 +69,7 @@ func (l *Logic) sync(ctx context.Context, req bus.SyncRequest) (bus.SyncReply, e
 	var reply bus.SyncReply
 	size := 0
 	for _, c := range convs {
-		msgs, more, err := l.readConv(ctx, c, after[c], syncMaxMsgs-len(reply.Msgs), syncMaxBytes-size)
+		msgs, more, err := l.readConv(ctx, c, after[c], limit[c], syncMaxMsgs-len(reply.Msgs), syncMaxBytes-size)
 		if err != nil {
 			return bus.SyncReply{}, err
 		}
@@ -81,16 +85,18 @@ func (l *Logic) sync(ctx context.Context, req bus.SyncRequest) (bus.SyncReply, e
 	return reply, nil
 }
 
-// mayRead reports whether user belongs to the conversation conv.
-func (l *Logic) mayRead(user, conv string) bool {
+// readLimit reports whether user may read the conversation conv, and up to
+// which sequence: 0 for all of it, or for one who left a group the last
+// message stored before.
+func (l *Logic) readLimit(user, conv string) (uint64, bool) {
 	c, err := protocol.ParseConv(conv)
 	if err != nil {
-		return false
+		return 0, false
 	}
 	if c.Group != "" {
-		return l.dir.isMember(c.Group, user)
+		return l.dir.readLimit(c.Group, user)
 	}
-	return c.Users[0] == user || c.Users[1] == user
+	return 0, c.Users[0] == user || c.Users[1] == user
 }
 
 func (l *Logic) userConvs(ctx context.Context, user string) ([]string, error) {
@@ -115,9 +121,10 @@ func (l *Logic) userConvs(ctx context.Context, user string) ([]string, error) {
 	}
 }
 
-// readConv returns the messages of conv after sequence after, at most max of
-// them and about maxBytes; more says the limit cut it short.
-func (l *Logic) readConv(ctx context.Context, conv string, after uint64, max, maxBytes int) ([]bus.StoredMessage, bool, error) {
+// readConv returns the messages of conv after sequence after and up to
+// upTo (0: no bound), at most max of them and about maxBytes; more says the
+// limit cut it short.
+func (l *Logic) readConv(ctx context.Context, conv string, after, upTo uint64, max, maxBytes int) ([]bus.StoredMessage, bool, error) {
 	subj := bus.MsgSubject(conv)
 	last, err := l.stream.GetLastMsgForSubject(ctx, subj)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -127,6 +134,9 @@ func (l *Logic) readConv(ctx context.Context, conv string, after uint64, max, ma
 		return nil, false, err
 	}
 	lastSeq, _ := strconv.ParseUint(last.Header.Get(headerSeq), 10, 64)
+	if upTo > 0 {
+		lastSeq = min(lastSeq, upTo)
+	}
 	if lastSeq <= after {
 		return nil, false, nil
 	}
@@ -152,6 +162,9 @@ func (l *Logic) readConv(ctx context.Context, conv string, after uint64, max, ma
 				continue
 			}
 			seq, _ := strconv.ParseUint(msg.Headers().Get(headerSeq), 10, 64)
+			if upTo > 0 && seq > upTo {
+				return out, false, nil
+			}
 			if seq > after {
 				var sm bus.StoredMessage
 				if json.Unmarshal(msg.Data(), &sm) == nil {

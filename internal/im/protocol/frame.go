@@ -35,21 +35,26 @@ const (
 	TypeError    = "error"
 )
 
-// Limits of the wire protocol. A frame over MaxFrameBytes closes the connection.
+// Limits of the wire protocol. A client frame over MaxFrameBytes closes the
+// connection. A server frame can be larger than the client frame it carries:
+// JSON escapes a body's control characters and < > & as \u00XX, six bytes for
+// one, so a deliver of a MaxBodyBytes body takes up to about 97 KiB.
+// MaxServerFrameBytes bounds what a client must accept.
 const (
-	MaxFrameBytes   = 32 << 10
-	MaxBodyBytes    = 16 << 10
-	MaxIDLen        = 64
-	MaxGroupMembers = 500
-	MaxSyncConvs    = 1000
+	MaxFrameBytes       = 32 << 10
+	MaxServerFrameBytes = 4 * MaxFrameBytes
+	MaxBodyBytes        = 16 << 10
+	MaxIDLen            = 64
+	MaxGroupMembers     = 500
+	MaxSyncConvs        = 1000
 )
 
 // Error codes carried in error frames. They are stable: clients match on them.
 const (
-	CodeBadFrame        = "bad_frame"       // not a JSON object, or a field of the wrong type
+	CodeBadFrame        = "bad_frame"       // not a JSON object, a field of the wrong type, or a binary message
 	CodeUnknownType     = "unknown_type"    // the type field names no frame type
 	CodeFrameTooLarge   = "frame_too_large" // over MaxFrameBytes; the connection is closed
-	CodeUnauthenticated = "unauthenticated" // a frame other than auth before auth_ok
+	CodeUnauthenticated = "unauthenticated" // a frame other than a valid auth before auth_ok; closed
 	CodeBadToken        = "bad_token"       // token malformed or its signature is wrong
 	CodeTokenExpired    = "token_expired"   // token past its expiry
 	CodeRateLimited     = "rate_limited"    // the connection sends faster than allowed; frame dropped
@@ -141,28 +146,49 @@ func DecodeClientFrame(data []byte) (Frame, error) {
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&f); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) {
+			// The object is well-formed and was decoded as far as it goes: the
+			// error can still echo the id, so that the request is answered.
+			return f.echo(), Errorf(CodeBadFrame, "field %q has the wrong type: %v", typeErr.Field, err)
+		}
 		return Frame{}, Errorf(CodeBadFrame, "frame is not a valid JSON object: %v", err)
 	}
-	if dec.More() {
+	// Decoder.More is false for a stray '}' or ']': check the rest by hand.
+	if rest := bytes.TrimLeft(data[dec.InputOffset():], " \t\r\n"); len(rest) > 0 {
 		return Frame{}, Errorf(CodeBadFrame, "trailing data after the JSON object")
 	}
 	if f.Type == "" {
-		return Frame{}, Errorf(CodeBadFrame, "frame has no type")
+		return f.echo(), Errorf(CodeBadFrame, "frame has no type")
 	}
 	if !clientTypes[f.Type] {
-		return Frame{ID: f.ID}, Errorf(CodeUnknownType, "unknown frame type %q", truncate(f.Type, 32))
+		return f.echo(), Errorf(CodeUnknownType, "unknown frame type %q", truncate(f.Type, 32))
 	}
 	if err := f.validate(); err != nil {
-		return Frame{Type: f.Type, ID: f.ID}, err
+		return f.echo(), err
 	}
 	return f, nil
+}
+
+// echo is what a frame that failed to decode still says about itself: its
+// type if it is a client frame type and its id if the id is valid, so that
+// the error frame can answer it.
+func (f *Frame) echo() Frame {
+	var e Frame
+	if clientTypes[f.Type] {
+		e.Type = f.Type
+	}
+	if ValidID(f.ID) {
+		e.ID = f.ID
+	}
+	return e
 }
 
 // DecodeServerFrame parses one frame a server sent; the client uses it.
 func DecodeServerFrame(data []byte) (Frame, error) {
 	var f Frame
-	if len(data) > MaxFrameBytes*2 {
-		return f, Errorf(CodeFrameTooLarge, "frame of %d bytes is over the limit", len(data))
+	if len(data) > MaxServerFrameBytes {
+		return f, Errorf(CodeFrameTooLarge, "frame of %d bytes is over the limit of %d", len(data), MaxServerFrameBytes)
 	}
 	if err := json.Unmarshal(data, &f); err != nil {
 		return Frame{}, Errorf(CodeBadFrame, "frame is not a valid JSON object: %v", err)
@@ -174,8 +200,8 @@ func DecodeServerFrame(data []byte) (Frame, error) {
 }
 
 func (f *Frame) validate() *Error {
-	if len(f.ID) > MaxIDLen {
-		return Errorf(CodeBadRequest, "id longer than %d bytes", MaxIDLen)
+	if f.ID != "" && !ValidID(f.ID) {
+		return Errorf(CodeBadRequest, "id: %s", idRule)
 	}
 	switch f.Type {
 	case TypeAuth:
@@ -202,7 +228,7 @@ func (f *Frame) validate() *Error {
 			return Errorf(CodeBadRequest, "traceparent too long")
 		}
 	case TypeDeliverAck:
-		if f.MsgID == "" || len(f.MsgID) > MaxIDLen {
+		if !ValidID(f.MsgID) {
 			return Errorf(CodeBadRequest, "deliver_ack needs the msg_id of the delivered message")
 		}
 	case TypeSync:
@@ -236,7 +262,26 @@ func (f *Frame) validate() *Error {
 	return nil
 }
 
-const userRule = "1 to 64 characters of A-Z a-z 0-9 _ -"
+const (
+	userRule = "1 to 64 characters of A-Z a-z 0-9 _ -"
+	idRule   = "1 to 64 printable ASCII characters, no spaces"
+)
+
+// ValidID reports whether s may be the id of a client frame: 1 to MaxIDLen
+// printable ASCII characters other than space. The id of a send becomes part
+// of a NATS header (the de-duplication key), where surrounding white space is
+// trimmed and line breaks are replaced: ids allowed those would collide.
+func ValidID(s string) bool {
+	if len(s) == 0 || len(s) > MaxIDLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 

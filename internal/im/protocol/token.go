@@ -61,8 +61,11 @@ func VerifyToken(secret []byte, token string, now time.Time) (Claims, error) {
 	if !ok || p == "" || sig == "" {
 		return c, ErrTokenMalformed
 	}
+	// Only the signer's spelling of the MAC: the decoder would also take one
+	// with non-zero padding bits or with line breaks inside, making several
+	// spellings of one token valid.
 	gotMAC, err := b64.DecodeString(sig)
-	if err != nil {
+	if err != nil || b64.EncodeToString(gotMAC) != sig {
 		return c, ErrTokenMalformed
 	}
 	if !hmac.Equal(gotMAC, mac(secret, p)) {

@@ -1,0 +1,94 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/imwatch/imwatch/internal/center"
+	"github.com/imwatch/imwatch/internal/center/config"
+	"github.com/imwatch/imwatch/internal/service"
+)
+
+// centerStartTimeout allows for replaying a large write-ahead log.
+const centerStartTimeout = 10 * time.Minute
+
+func runCenter(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("center", "Runs the monitoring center: stores metrics (Prometheus tsdb), scrapes targets,\nreceives remote write, evaluates rules, sends alerts and serves the Prometheus HTTP API.\nReload the config with SIGHUP or POST /-/reload.", stderr)
+	var lf logFlags
+	lf.register(fs)
+	file := fs.String("config", "", "config file (YAML, see docs/center.md); without it the defaults are used")
+	listen := fs.String("listen", config.DefaultListen, "address of the HTTP API")
+	check := fs.Bool("config.check", false, "check the config, its rule files and token files, then exit")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	cfg, err := loadCenterConfig(*file)
+	if err != nil {
+		return err
+	}
+	if *check {
+		files, _ := cfg.RuleFilePaths()
+		name := *file
+		if name == "" {
+			name = "defaults"
+		}
+		fmt.Fprintf(stdout, "%s: OK (%d scrape targets, %d rule files, %d alertmanagers, %d webhooks, %d remote_write)\n",
+			name, len(cfg.Scrape.Targets), len(files), len(cfg.Alerting.Alertmanagers), len(cfg.Alerting.Webhooks), len(cfg.RemoteWrite))
+		return nil
+	}
+	cfg.Listen = *listen
+	c, err := center.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	g := service.NewGroup(log)
+	defer g.Stop(stopTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), centerStartTimeout)
+	defer cancel()
+	if err := g.Start(ctx, c); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "center listening on %s (storage %s)\n", c.URL(), cfg.Storage.Path)
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			select {
+			case <-hup:
+				if err := c.Reload(); err == nil {
+					log.Info("config reloaded on SIGHUP")
+				} // a refused reload is logged by the center with its reason
+			case <-done:
+				return
+			}
+		}
+	}()
+	sig := service.WaitForSignal(context.Background())
+	log.Info("stopping", "signal", sig)
+	return g.Stop(stopTimeout)
+}
+
+func loadCenterConfig(file string) (config.Config, error) {
+	if file != "" {
+		return config.Load(file)
+	}
+	cfg := config.Default()
+	wd, err := os.Getwd()
+	if err != nil {
+		return cfg, fmt.Errorf("working directory: %w", err)
+	}
+	return cfg, cfg.Resolve(wd)
+}
