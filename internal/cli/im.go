@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"time"
 
 	"github.com/imwatch/imwatch/internal/im/bus"
 	"github.com/imwatch/imwatch/internal/im/gateway"
+	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/logic"
 	"github.com/imwatch/imwatch/internal/im/protocol"
 	"github.com/imwatch/imwatch/internal/service"
@@ -57,6 +59,7 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	id := fs.String("id", "", "gateway id, unique in the cluster (default: from --listen)")
 	idle := fs.Duration("idle-timeout", 60*time.Second, "close a connection that sends nothing for this long")
 	rateLimit := fs.Float64("rate", 200, "frames per second allowed per connection")
+	metrics := fs.Bool("metrics", true, "serve the IM metric set on /metrics beside /ws")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -87,6 +90,9 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	defer nc.Close()
 	cfg := gateway.DefaultConfig(*id, *listen, secret)
 	cfg.Log, cfg.IdleTimeout, cfg.RateLimit = log, *idle, *rateLimit
+	if *metrics {
+		cfg.Metrics = immetrics.New("gateway")
+	}
 	gw, err := gateway.New(cfg, nc)
 	if err != nil {
 		return usageError{err}
@@ -116,6 +122,7 @@ func runLogic(args []string, stdout, stderr io.Writer) error {
 	lf.register(fs)
 	node := fs.String("node", "logic-1", "node name, unique among logic nodes")
 	ackTimeout := fs.Duration("ack-timeout", 2*time.Second, "push a message again when a device has not acknowledged it in this time")
+	metricsListen := fs.String("metrics-listen", "127.0.0.1:7090", "address of the IM metric set's /metrics (empty: metrics off)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -136,6 +143,16 @@ func runLogic(args []string, stdout, stderr io.Writer) error {
 	defer nc.Close()
 	cfg := logic.DefaultConfig(*node)
 	cfg.Log, cfg.AckTimeout = log, *ackTimeout
+	var ms *service.HTTP
+	if *metricsListen != "" {
+		cfg.Metrics = immetrics.New("logic")
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", cfg.Metrics.Handler())
+		ms = &service.HTTP{N: "logic metrics", Listen: *metricsListen, Handler: mux, Log: log}
+		if err := g.Start(sig, ms); err != nil {
+			return err
+		}
+	}
 	l, err := logic.New(cfg, nc)
 	if err != nil {
 		return usageError{err}
@@ -150,6 +167,9 @@ func runLogic(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "logic node %s running (nats %s)\n", *node, url)
+	if ms != nil {
+		fmt.Fprintf(stdout, "metrics on http://%s/metrics\n", ms.Addr())
+	}
 	<-sig.Done()
 	log.Info("stopping", "signal", stopReason(sig))
 	return g.Stop(stopTimeout)

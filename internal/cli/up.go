@@ -22,7 +22,8 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 	gwListen := fs.String("gateway-listen", "127.0.0.1:7080", "address of the first gateway; the second listens on the next port")
 	natsURL := fs.String("nats", "", "URL of an external NATS with JetStream (default: embed one)")
 	natsListen := fs.String("nats-listen", "127.0.0.1:4222", "loopback address of the embedded NATS server")
-	_ = fs.String("listen", "127.0.0.1:7070", "address of the monitoring center (reserved: the center is not built yet)")
+	_ = fs.String("listen", "127.0.0.1:7070", "address of the monitoring center")
+	logicMetrics := fs.String("logic-metrics-listen", "127.0.0.1:7090", "address of the logic node's /metrics")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -46,6 +47,7 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 	c, err := cluster.Start(ctx, cluster.Options{
 		DataDir: *data, NATSURL: *natsURL, NATSListen: *natsListen,
 		GatewayListen: []string{*gwListen, gw2}, LogicNodes: 1, Secret: secret, Log: log,
+		Metrics: true, LogicMetricsListen: *logicMetrics,
 	})
 	if err != nil {
 		if sig.Err() != nil { // cluster.Start stopped what it had started
@@ -57,7 +59,10 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "imwatch is up.\n")
 	fmt.Fprintf(stdout, "  nats:      %s\n", c.NATSURL)
 	for i, u := range c.URLs() {
-		fmt.Fprintf(stdout, "  gateway %d: %s\n", i+1, u)
+		fmt.Fprintf(stdout, "  gateway %d: %s  (metrics http://%s/metrics)\n", i+1, u, c.Gateways[i].Addr())
+	}
+	for i, m := range c.LogicMetrics {
+		fmt.Fprintf(stdout, "  logic %d:   metrics http://%s/metrics\n", i+1, m.Addr())
 	}
 	fmt.Fprintf(stdout, "  secret:    %s\n  data:      %s\n", secretFrom, *data)
 	fmt.Fprintf(stdout, "Get a token with: imwatch im token --data %s --user alice\nStop with Ctrl-C.\n", *data)

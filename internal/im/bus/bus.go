@@ -52,6 +52,7 @@ type SendRequest struct {
 	Body    string `json:"body"`
 	Probe   bool   `json:"probe,omitempty"`
 	Trace   string `json:"traceparent,omitempty"`
+	RecvNS  int64  `json:"recv_ns,omitempty"` // when the gateway read the send frame, Unix ns
 }
 
 // SendReply answers a SendRequest once the message is durably stored, or with an error code.
@@ -76,7 +77,8 @@ type StoredMessage struct {
 	Body       string `json:"body"`
 	Probe      bool   `json:"probe,omitempty"`
 	Trace      string `json:"traceparent,omitempty"`
-	TS         int64  `json:"ts"` // Unix ms when stored
+	TS         int64  `json:"ts"`                // Unix ms when stored
+	RecvNS     int64  `json:"recv_ns,omitempty"` // when the sender's gateway read it, Unix ns
 }
 
 // Target is one device of one user.

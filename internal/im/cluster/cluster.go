@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/imwatch/imwatch/internal/im/bus"
 	"github.com/imwatch/imwatch/internal/im/gateway"
+	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/logic"
 	"github.com/imwatch/imwatch/internal/service"
 	"github.com/nats-io/nats.go"
@@ -25,8 +27,12 @@ type Options struct {
 	NATSListen    string // the embedded server's address (default 127.0.0.1:0)
 	GatewayListen []string
 	LogicNodes    int
-	Secret        []byte
-	Log           *slog.Logger
+	// Metrics switches the IM metric set on: gateways serve it on /metrics
+	// beside /ws, logic node i on LogicMetricsListen's port + i.
+	Metrics            bool
+	LogicMetricsListen string // default 127.0.0.1:0
+	Secret             []byte
+	Log                *slog.Logger
 	// Tune, when set, changes each part's config before it starts.
 	TuneGateway func(*gateway.Config)
 	TuneLogic   func(*logic.Config)
@@ -38,8 +44,10 @@ type Cluster struct {
 	Embedded *bus.Embedded
 	Gateways []*gateway.Gateway
 	Logics   []*logic.Logic
-	group    *service.Group
-	conns    []*nats.Conn
+	// LogicMetrics are the logic nodes' /metrics servers, when metrics are on.
+	LogicMetrics []*service.HTTP
+	group        *service.Group
+	conns        []*nats.Conn
 }
 
 // Start starts NATS (unless external), the logic nodes, then the gateways.
@@ -75,6 +83,23 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 		}
 		cfg := logic.DefaultConfig(name)
 		cfg.Log = o.Log
+		if o.Metrics {
+			cfg.Metrics = immetrics.New("logic")
+			listen := o.LogicMetricsListen
+			if listen == "" {
+				listen = "127.0.0.1:0"
+			}
+			if listen, err = NextPort(listen, i); err != nil {
+				return fail(err)
+			}
+			mux := http.NewServeMux()
+			mux.Handle("/metrics", cfg.Metrics.Handler())
+			hs := &service.HTTP{N: name + " metrics", Listen: listen, Handler: mux, Log: o.Log}
+			if err := c.group.Start(ctx, hs); err != nil {
+				return fail(err)
+			}
+			c.LogicMetrics = append(c.LogicMetrics, hs)
+		}
 		if o.TuneLogic != nil {
 			o.TuneLogic(&cfg)
 		}
@@ -95,6 +120,9 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 		}
 		cfg := gateway.DefaultConfig(id, listen, o.Secret)
 		cfg.Log = o.Log
+		if o.Metrics {
+			cfg.Metrics = immetrics.New("gateway")
+		}
 		if o.TuneGateway != nil {
 			o.TuneGateway(&cfg)
 		}

@@ -246,7 +246,7 @@ func startIM(t *testing.T, gatewayIDs ...string) *imCluster {
 func (c *imCluster) startLogic() {
 	c.t.Helper()
 	c.starts++
-	c.logic = startProc(c.t, fmt.Sprintf("logic-%d", c.starts), "im", "logic", "--nats", c.nats.URL, "--node", "logic-1")
+	c.logic = startProc(c.t, fmt.Sprintf("logic-%d", c.starts), "im", "logic", "--nats", c.nats.URL, "--node", "logic-1", "--metrics-listen", "127.0.0.1:0")
 	c.logic.waitLine("logic node logic-1 running", 30*time.Second)
 }
 

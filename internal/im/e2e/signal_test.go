@@ -49,7 +49,7 @@ func TestSignalStopsCleanly(t *testing.T) {
 			switch tc.cmd {
 			case "logic":
 				node := "logic-sig-" + strconv.Itoa(int(tc.sig))
-				p = startProc(t, node, "im", "logic", "--nats", c.nats.URL, "--node", node)
+				p = startProc(t, node, "im", "logic", "--nats", c.nats.URL, "--node", node, "--metrics-listen", "127.0.0.1:0")
 				p.waitLine("logic node "+node+" running", 30*time.Second)
 				check = func(t *testing.T) { p.waitLog(`msg="logic node stopped"`, time.Second) }
 			case "gateway":
@@ -178,6 +178,7 @@ func upArgs(t *testing.T, data string, extra ...string) []string {
 		"--gateway-listen", freePortPair(t),
 		"--nats-listen", "127.0.0.1:" + strconv.Itoa(imtest.FreePort(t)),
 		"--listen", "127.0.0.1:" + strconv.Itoa(imtest.FreePort(t)),
+		"--logic-metrics-listen", "127.0.0.1:0",
 	}, extra...)
 }
 

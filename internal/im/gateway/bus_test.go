@@ -38,6 +38,10 @@ func TestSendOnTheBus(t *testing.T) {
 	}
 	var req bus.SendRequest
 	decodeMsg(t, m, &req)
+	if age := time.Since(time.Unix(0, req.RecvNS)); req.RecvNS == 0 || age < 0 || age > time.Minute {
+		t.Fatalf("recv_ns %d is not the time the gateway read the frame", req.RecvNS)
+	}
+	req.RecvNS = 0
 	want := bus.SendRequest{From: "alice", Device: "phone", Gateway: "gw-bare", ID: "c1", To: "bob", Body: "hi", Probe: true, Trace: traceparent}
 	if req != want {
 		t.Fatalf("send request %+v, want %+v", req, want)
@@ -57,6 +61,7 @@ func TestSendOnTheBus(t *testing.T) {
 	}
 	req = bus.SendRequest{}
 	decodeMsg(t, m, &req)
+	req.RecvNS = 0
 	if want := (bus.SendRequest{From: "alice", Device: "phone", Gateway: "gw-bare", ID: "c2", Group: "team", Body: "yo"}); req != want {
 		t.Fatalf("send request %+v, want %+v", req, want)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/imwatch/imwatch/internal/im/bus"
+	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/protocol"
 	"github.com/nats-io/nats.go"
 	"golang.org/x/time/rate"
@@ -26,6 +27,15 @@ const (
 	floodWindow = 10 * time.Second
 )
 
+// outFrame is a frame queued to a client: its bytes, and what the metrics
+// need to know of it once written.
+type outFrame struct {
+	data  []byte
+	typ   string
+	kind  string    // deliver: direct or group; "" for a synced one
+	start time.Time // deliver: when the push came in from the bus
+}
+
 // conn is one client's WebSocket connection.
 type conn struct {
 	g      *Gateway
@@ -34,7 +44,7 @@ type conn struct {
 	device string
 	authed atomic.Bool // user is set; read by the watchdog
 
-	out       chan []byte
+	out       chan outFrame
 	closed    chan struct{}
 	closeOnce sync.Once
 	closeCode websocket.StatusCode
@@ -64,7 +74,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	c := &conn{
 		g:        g,
 		ws:       ws,
-		out:      make(chan []byte, g.cfg.OutQueue),
+		out:      make(chan outFrame, g.cfg.OutQueue),
 		closed:   make(chan struct{}),
 		limiter:  rate.NewLimiter(rate.Limit(g.cfg.RateLimit), g.cfg.RateBurst),
 		inflight: make(chan struct{}, g.cfg.MaxInflight),
@@ -122,6 +132,7 @@ func (c *conn) readLoop(ctx context.Context) {
 		data, err := c.readFrame(ctx)
 		var perr *protocol.Error
 		if errors.As(err, &perr) && perr.Code == protocol.CodeFrameTooLarge {
+			c.g.m.Frame("in", "invalid")
 			c.close(websocket.StatusMessageTooBig, perr.Code, perr)
 			return
 		}
@@ -147,6 +158,7 @@ func (c *conn) readLoop(ctx context.Context) {
 				c.close(websocket.StatusPolicyViolation, protocol.CodeRateLimited, protocol.Errorf(protocol.CodeRateLimited, "flood: %d frames over the rate within %s; connection closed", c.dropped, floodWindow))
 				return
 			}
+			c.g.m.Fail("frame", protocol.CodeRateLimited)
 			if c.dropped%100 == 1 {
 				c.sendError("", protocol.Errorf(protocol.CodeRateLimited, "over %g frames/s; frames are being dropped", c.g.cfg.RateLimit))
 			}
@@ -160,6 +172,8 @@ func (c *conn) readLoop(ctx context.Context) {
 			}
 		}
 		if perr != nil {
+			c.g.m.Frame("in", "invalid")
+			c.g.m.Fail("frame", perr.Code)
 			if c.user == "" {
 				// Before auth_ok only a valid auth frame is acceptable.
 				if f.Type != protocol.TypeAuth {
@@ -171,6 +185,7 @@ func (c *conn) readLoop(ctx context.Context) {
 			c.sendError(f.ID, perr)
 			continue
 		}
+		c.g.m.Frame("in", f.Type)
 		if c.user == "" {
 			if !c.authenticate(f) {
 				return
@@ -215,6 +230,7 @@ func (c *conn) authenticate(f protocol.Frame) bool {
 		c.close(websocket.StatusPolicyViolation, protocol.CodeUnauthenticated, protocol.Errorf(protocol.CodeUnauthenticated, "the first frame must be auth"))
 		return false
 	}
+	c.g.m.Request("auth")
 	claims, err := protocol.VerifyToken(c.g.cfg.Secret, f.Token, time.Now())
 	if err != nil {
 		code := protocol.CodeBadToken
@@ -222,6 +238,7 @@ func (c *conn) authenticate(f protocol.Frame) bool {
 			code = protocol.CodeTokenExpired
 		}
 		c.g.log.Debug("auth refused", "err", err)
+		c.g.m.Fail("auth", code)
 		c.close(websocket.StatusPolicyViolation, code, protocol.Errorf(code, "%v", err))
 		return false
 	}
@@ -230,6 +247,7 @@ func (c *conn) authenticate(f protocol.Frame) bool {
 		c.user = ""
 		var perr *protocol.Error
 		errors.As(err, &perr)
+		c.g.m.Fail("auth", perr.Code)
 		c.close(websocket.StatusTryAgainLater, perr.Code, perr)
 		return false
 	}
@@ -262,6 +280,7 @@ func (c *conn) async(f protocol.Frame, fn func(protocol.Frame)) {
 	select {
 	case c.inflight <- struct{}{}:
 	default:
+		c.g.m.Fail(operation(f.Type), protocol.CodeOverloaded)
 		c.sendError(f.ID, protocol.Errorf(protocol.CodeOverloaded, "over %d requests in flight on this connection", c.g.cfg.MaxInflight))
 		return
 	}
@@ -294,30 +313,51 @@ func (c *conn) request(subject string, trace string, req, reply any, timeout tim
 	return nil
 }
 
+// operation is the operation label of a frame type.
+func operation(typ string) string {
+	switch typ {
+	case protocol.TypeGroupCreate, protocol.TypeGroupAdd, protocol.TypeGroupRemove:
+		return "group"
+	}
+	return typ
+}
+
+// fail answers a request with an error frame and counts it.
+func (c *conn) fail(f protocol.Frame, perr *protocol.Error) {
+	c.g.m.Fail(operation(f.Type), perr.Code)
+	c.sendError(f.ID, perr)
+}
+
 func (c *conn) forwardSend(f protocol.Frame) {
+	start := time.Now()
+	c.g.m.Request("send")
+	kind := immetrics.Kind(f.Group)
+	c.g.m.Message(kind, immetrics.StageSent, 1)
 	req := bus.SendRequest{From: c.user, Device: c.device, Gateway: c.g.cfg.ID, ID: f.ID,
-		To: f.To, Group: f.Group, Body: f.Body, Probe: f.Probe, Trace: f.Trace}
+		To: f.To, Group: f.Group, Body: f.Body, Probe: f.Probe, Trace: f.Trace, RecvNS: start.UnixNano()}
 	var rep bus.SendReply
 	if perr := c.request(bus.SubjSend, f.Trace, req, &rep, c.g.cfg.RequestTimeout); perr != nil {
-		c.sendError(f.ID, perr)
+		c.fail(f, perr)
 		return
 	}
 	if rep.Code != "" {
-		c.sendError(f.ID, protocol.Errorf(rep.Code, "%s", rep.Error))
+		c.fail(f, protocol.Errorf(rep.Code, "%s", rep.Error))
 		return
 	}
 	c.send(protocol.Frame{Type: protocol.TypeSendAck, ID: f.ID, MsgID: rep.MsgID, Conv: rep.Conv, Seq: rep.Seq, TS: rep.TS, Dup: rep.Dup})
+	c.g.m.Stage(immetrics.LatGatewayReceive, start)
 }
 
 func (c *conn) forwardSync(f protocol.Frame) {
+	c.g.m.Request("sync")
 	req := bus.SyncRequest{User: c.user, Device: c.device, After: f.After, Full: f.Full}
 	var rep bus.SyncReply
 	if perr := c.request(bus.SubjSync, "", req, &rep, 2*c.g.cfg.RequestTimeout); perr != nil {
-		c.sendError(f.ID, perr)
+		c.fail(f, perr)
 		return
 	}
 	if rep.Code != "" {
-		c.sendError(f.ID, protocol.Errorf(rep.Code, "%s", rep.Error))
+		c.fail(f, protocol.Errorf(rep.Code, "%s", rep.Error))
 		return
 	}
 	for _, m := range rep.Msgs {
@@ -331,20 +371,22 @@ func (c *conn) forwardSync(f protocol.Frame) {
 }
 
 func (c *conn) forwardGroup(f protocol.Frame) {
+	c.g.m.Request("group")
 	req := bus.GroupRequest{Op: f.Type, User: c.user, Group: f.Group, Members: f.Members}
 	var rep bus.GroupReply
 	if perr := c.request(bus.SubjGroup, "", req, &rep, c.g.cfg.RequestTimeout); perr != nil {
-		c.sendError(f.ID, perr)
+		c.fail(f, perr)
 		return
 	}
 	if rep.Code != "" {
-		c.sendError(f.ID, protocol.Errorf(rep.Code, "%s", rep.Error))
+		c.fail(f, protocol.Errorf(rep.Code, "%s", rep.Error))
 		return
 	}
 	c.send(protocol.Frame{Type: protocol.TypeResult, ID: f.ID, Group: f.Group, Members: rep.Members})
 }
 
 func (c *conn) forwardAck(f protocol.Frame) {
+	c.g.m.Request("deliver_ack")
 	c.ackMu.Lock()
 	node, ok := c.ackNode[f.MsgID]
 	delete(c.ackNode, f.MsgID)
@@ -358,7 +400,7 @@ func (c *conn) forwardAck(f protocol.Frame) {
 
 // deliver queues a pushed message; a client too slow to take it is closed,
 // and gets the message again by sync when it reconnects.
-func (c *conn) deliver(frame []byte, msgID, node string) {
+func (c *conn) deliver(frame []byte, msgID, node, kind string, start time.Time) {
 	c.ackMu.Lock()
 	if _, ok := c.ackNode[msgID]; !ok {
 		if len(c.ackOrder) >= maxPendingAcks {
@@ -380,7 +422,7 @@ func (c *conn) deliver(frame []byte, msgID, node string) {
 	}
 	c.ackMu.Unlock()
 	select {
-	case c.out <- frame:
+	case c.out <- outFrame{data: frame, typ: protocol.TypeDeliver, kind: kind, start: start}:
 	case <-c.closed:
 	default:
 		c.close(websocket.StatusPolicyViolation, protocol.CodeSlowConsumer, protocol.Errorf(protocol.CodeSlowConsumer, "the client did not read its frames; closed"))
@@ -393,7 +435,7 @@ func (c *conn) send(f protocol.Frame) {
 		return
 	}
 	select {
-	case c.out <- data:
+	case c.out <- outFrame{data: data, typ: f.Type}:
 	case <-c.closed:
 	default:
 		c.close(websocket.StatusPolicyViolation, protocol.CodeSlowConsumer, protocol.Errorf(protocol.CodeSlowConsumer, "the client did not read its frames; closed"))
@@ -409,7 +451,7 @@ func (c *conn) sendWait(f protocol.Frame) bool {
 	t := time.NewTimer(writeTimeout)
 	defer t.Stop()
 	select {
-	case c.out <- data:
+	case c.out <- outFrame{data: data, typ: f.Type}:
 		return true
 	case <-c.closed:
 		return false
@@ -429,6 +471,7 @@ func (c *conn) close(code websocket.StatusCode, reason string, perr *protocol.Er
 	c.closeOnce.Do(func() {
 		c.closeCode, c.closeWhy = code, reason
 		if perr != nil {
+			c.g.m.Fail("connection", perr.Code)
 			c.closeErr, _ = json.Marshal(protocol.ErrorFrame("", perr))
 		}
 		close(c.closed)
@@ -438,8 +481,8 @@ func (c *conn) close(code websocket.StatusCode, reason string, perr *protocol.Er
 func (c *conn) writeLoop() {
 	for {
 		select {
-		case data := <-c.out:
-			if !c.write(data) {
+		case of := <-c.out:
+			if !c.write(of) {
 				c.close(websocket.StatusAbnormalClosure, "", nil)
 				_ = c.ws.CloseNow()
 				return
@@ -453,7 +496,7 @@ func (c *conn) writeLoop() {
 				}
 			}
 			if c.closeErr != nil {
-				c.write(c.closeErr)
+				c.write(outFrame{data: c.closeErr, typ: protocol.TypeError})
 			}
 			if c.closeCode == websocket.StatusAbnormalClosure {
 				_ = c.ws.CloseNow()
@@ -466,8 +509,16 @@ func (c *conn) writeLoop() {
 	}
 }
 
-func (c *conn) write(data []byte) bool {
+func (c *conn) write(of outFrame) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 	defer cancel()
-	return c.ws.Write(ctx, websocket.MessageText, data) == nil
+	if c.ws.Write(ctx, websocket.MessageText, of.data) != nil {
+		return false
+	}
+	c.g.m.Frame("out", of.typ)
+	if of.kind != "" {
+		c.g.m.Message(of.kind, immetrics.StageDelivered, 1)
+		c.g.m.Stage(immetrics.LatDeliver, of.start)
+	}
+	return true
 }

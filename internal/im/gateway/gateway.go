@@ -17,6 +17,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/imwatch/imwatch/internal/im/bus"
+	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/protocol"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -38,6 +39,8 @@ type Config struct {
 	RequestTimeout time.Duration
 	Store          bus.StoreConfig
 	Log            *slog.Logger
+	// Metrics is the IM metric set, served on /metrics beside /ws; nil switches metrics off.
+	Metrics *immetrics.Set
 }
 
 // DefaultConfig returns a gateway's defaults for id and listen.
@@ -82,6 +85,7 @@ func IDFromListen(listen string) string {
 // Gateway is one gateway.
 type Gateway struct {
 	cfg   Config
+	m     *immetrics.Set
 	log   *slog.Logger
 	nc    *nats.Conn
 	js    jetstream.JetStream
@@ -120,6 +124,7 @@ func New(cfg Config, nc *nats.Conn) (*Gateway, error) {
 	}
 	g := &Gateway{
 		cfg:      cfg,
+		m:        cfg.Metrics,
 		log:      cfg.Log.With("component", "gateway", "gateway", cfg.ID),
 		nc:       nc,
 		js:       js,
@@ -132,6 +137,9 @@ func New(cfg Config, nc *nats.Conn) (*Gateway, error) {
 	}
 	g.mux.HandleFunc("/ws", g.serveWS)
 	g.mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	if cfg.Metrics != nil {
+		g.mux.Handle("/metrics", cfg.Metrics.Handler())
+	}
 	return g, nil
 }
 
@@ -261,6 +269,7 @@ func (g *Gateway) register(c *conn) error {
 	devs[c.device] = c
 	if old == nil {
 		g.n++
+		g.m.ConnDelta(1)
 	}
 	g.mu.Unlock()
 	if old != nil {
@@ -283,6 +292,7 @@ func (g *Gateway) unregister(c *conn) {
 	if devs := g.conns[c.user]; devs != nil && devs[c.device] == c {
 		delete(devs, c.device)
 		g.n--
+		g.m.ConnDelta(-1)
 		if len(devs) == 0 {
 			delete(g.conns, c.user)
 		}
@@ -310,6 +320,7 @@ func (g *Gateway) Conns() int {
 }
 
 func (g *Gateway) handleDeliver(m *nats.Msg) {
+	start := time.Now()
 	var d bus.Deliver
 	if err := json.Unmarshal(m.Data, &d); err != nil {
 		g.log.Debug("undecodable deliver", "err", err)
@@ -324,9 +335,10 @@ func (g *Gateway) handleDeliver(m *nats.Msg) {
 	if err != nil {
 		return
 	}
+	kind := immetrics.Kind(d.Msg.Group)
 	for _, t := range d.Targets {
 		if c := g.lookup(t); c != nil {
-			c.deliver(data, d.Msg.MsgID, d.Node)
+			c.deliver(data, d.Msg.MsgID, d.Node, kind, start)
 		}
 	}
 }

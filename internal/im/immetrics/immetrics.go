@@ -6,10 +6,12 @@
 package immetrics
 
 import (
+	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Stages of a message, the values of the stage label.
@@ -170,13 +172,6 @@ func (s *Set) ConnDelta(d float64) {
 	}
 }
 
-// PendingDelta moves the pending pushes gauge.
-func (s *Set) PendingDelta(d float64) {
-	if s != nil {
-		s.Pending.Add(d)
-	}
-}
-
 // Redelivered counts n repeated pushes.
 func (s *Set) Redelivered(n int) {
 	if s != nil {
@@ -196,5 +191,17 @@ func (s *Set) Synced(n int) {
 	if s != nil {
 		s.Syncs.Inc()
 		s.SyncMessages.Add(float64(n))
+	}
+}
+
+// Handler serves the set's registry in the Prometheus exposition format.
+func (s *Set) Handler() http.Handler {
+	return promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{MaxRequestsInFlight: 4, Timeout: 10 * time.Second})
+}
+
+// SetPending sets the pending pushes gauge.
+func (s *Set) SetPending(n int) {
+	if s != nil {
+		s.Pending.Set(float64(n))
 	}
 }

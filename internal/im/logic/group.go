@@ -16,14 +16,20 @@ import (
 )
 
 func (l *Logic) handleGroup(m *nats.Msg) {
+	l.m.Request("group")
 	var req bus.GroupRequest
 	if err := json.Unmarshal(m.Data, &req); err != nil || !protocol.ValidUser(req.User) || !protocol.ValidUser(req.Group) || len(req.Members) > protocol.MaxGroupMembers {
+		l.m.Fail("group", protocol.CodeBadRequest)
 		replyJSON(m, bus.GroupReply{Code: protocol.CodeBadRequest, Error: "malformed group request"})
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	replyJSON(m, l.group(ctx, req))
+	reply := l.group(ctx, req)
+	if reply.Code != "" {
+		l.m.Fail("group", reply.Code)
+	}
+	replyJSON(m, reply)
 }
 
 func (l *Logic) group(ctx context.Context, req bus.GroupRequest) bus.GroupReply {

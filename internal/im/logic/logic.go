@@ -10,10 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/imwatch/imwatch/internal/im/bus"
+	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/protocol"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -27,6 +29,7 @@ type Config struct {
 	MaxAttempts int           // pushes per device before it is left to sync
 	MaxInflight int           // requests handled at once; more are refused as overloaded
 	Log         *slog.Logger
+	Metrics     *immetrics.Set // the IM metric set; nil switches metrics off
 }
 
 // DefaultConfig returns the defaults of a logic node named node.
@@ -55,6 +58,7 @@ func (c Config) Validate() error {
 // Logic is one logic node.
 type Logic struct {
 	cfg Config
+	m   *immetrics.Set
 	log *slog.Logger
 	nc  *nats.Conn
 	js  jetstream.JetStream
@@ -91,6 +95,7 @@ func New(cfg Config, nc *nats.Conn) (*Logic, error) {
 	}
 	return &Logic{
 		cfg:   cfg,
+		m:     cfg.Metrics,
 		log:   cfg.Log.With("component", "logic", "node", cfg.Node),
 		nc:    nc,
 		js:    js,
@@ -206,6 +211,7 @@ func (l *Logic) bounded(h func(*nats.Msg)) nats.MsgHandler {
 		case l.sem <- struct{}{}:
 		default:
 			l.log.Debug("refused request: overloaded", "subject", m.Subject)
+			l.m.Fail(strings.TrimPrefix(m.Subject, "im.logic."), protocol.CodeOverloaded)
 			replyJSON(m, bus.SendReply{Code: protocol.CodeOverloaded, Error: "logic node is overloaded"})
 			return
 		}

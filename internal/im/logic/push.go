@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/imwatch/imwatch/internal/im/bus"
+	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/protocol"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -38,6 +39,8 @@ type pendingPush struct {
 	attempts int
 	deadline time.Time
 	finished bool
+	kind     string
+	pushedAt time.Time
 }
 
 // offlineRecheck is when a message with no recipient online is looked at again.
@@ -114,7 +117,9 @@ func (p *pusher) handleStored(msg jetstream.Msg) {
 		_ = msg.Ack()
 		return
 	}
-	pp := &pendingPush{msg: msg, sm: sm, members: members, waiting: map[bus.Target]struct{}{}, attempts: 1}
+	now := time.Now()
+	pp := &pendingPush{msg: msg, sm: sm, members: members, waiting: map[bus.Target]struct{}{}, attempts: 1,
+		kind: immetrics.Kind(sm.Group), pushedAt: now}
 	for _, ts := range routes {
 		for _, t := range ts {
 			pp.waiting[t] = struct{}{}
@@ -124,11 +129,16 @@ func (p *pusher) handleStored(msg jetstream.Msg) {
 	if old := p.pending[sm.MsgID]; old != nil {
 		old.finished = true
 	}
-	pp.deadline = time.Now().Add(p.l.cfg.AckTimeout)
+	pp.deadline = now.Add(p.l.cfg.AckTimeout)
 	p.pending[sm.MsgID] = pp
 	p.queue = append(p.queue, pp)
+	p.l.m.SetPending(len(p.pending))
 	p.mu.Unlock()
 	p.publish(sm, routes)
+	p.l.m.Message(pp.kind, immetrics.StagePushed, len(pp.waiting))
+	if sm.TS > 0 {
+		p.l.m.Stage(immetrics.LatPush, time.UnixMilli(sm.TS))
+	}
 }
 
 func (p *pusher) publish(sm bus.StoredMessage, routes map[string][]bus.Target) {
@@ -158,13 +168,24 @@ func (p *pusher) handleAck(m *nats.Msg) {
 		p.mu.Unlock()
 		return
 	}
-	delete(pp.waiting, bus.Target{User: a.User, Device: a.Device})
+	t := bus.Target{User: a.User, Device: a.Device}
+	if _, ok := pp.waiting[t]; !ok {
+		p.mu.Unlock()
+		return
+	}
+	delete(pp.waiting, t)
+	p.l.m.Message(pp.kind, immetrics.StageAcked, 1)
+	p.l.m.Stage(immetrics.LatAck, pp.pushedAt)
+	if pp.sm.RecvNS > 0 {
+		p.l.m.E2E(pp.kind, time.Since(time.Unix(0, pp.sm.RecvNS)))
+	}
 	if len(pp.waiting) > 0 {
 		p.mu.Unlock()
 		return
 	}
 	pp.finished = true
 	delete(p.pending, a.MsgID)
+	p.l.m.SetPending(len(p.pending))
 	p.mu.Unlock()
 	_ = pp.msg.Ack()
 }
@@ -205,6 +226,7 @@ func (p *pusher) redeliverDue(now time.Time) {
 			pp.finished = true
 			delete(p.pending, pp.sm.MsgID)
 			acks = append(acks, pp.msg)
+			p.l.m.AckTimedOut(len(pp.waiting))
 			p.l.log.Debug("giving up pushing", "msg_id", pp.sm.MsgID, "devices", len(pp.waiting))
 			continue
 		}
@@ -217,11 +239,17 @@ func (p *pusher) redeliverDue(now time.Time) {
 		}
 		pp.attempts++
 		pp.deadline = now.Add(p.l.cfg.AckTimeout)
+		for _, ts := range routes {
+			p.l.m.Redelivered(len(ts))
+		}
 		_ = pp.msg.InProgress()
 		pushes = append(pushes, again{pp.sm, routes})
 		p.queue = append(p.queue, pp)
 	}
-	p.queue = append(p.queue[:0:0], p.queue[i:]...)
+	if i > 0 {
+		p.queue = append(p.queue[:0:0], p.queue[i:]...)
+	}
+	p.l.m.SetPending(len(p.pending))
 	p.mu.Unlock()
 	for _, m := range acks {
 		_ = m.Ack()

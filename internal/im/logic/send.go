@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/imwatch/imwatch/internal/im/bus"
+	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/protocol"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -64,7 +65,13 @@ func (l *Logic) handleSend(m *nats.Msg) {
 	if req.Trace == "" {
 		req.Trace = m.Header.Get(bus.HeaderTrace)
 	}
+	l.m.Request("send")
 	reply := l.send(req)
+	if reply.Code != "" {
+		l.m.Fail("send", reply.Code)
+	} else if !reply.Dup {
+		l.m.Message(immetrics.Kind(req.Group), immetrics.StageStored, 1)
+	}
 	replyJSON(m, reply)
 }
 
@@ -96,6 +103,7 @@ func (l *Logic) send(req bus.SendRequest) bus.SendReply {
 		Body:       req.Body,
 		Probe:      req.Probe,
 		Trace:      req.Trace,
+		RecvNS:     req.RecvNS,
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
@@ -131,9 +139,11 @@ func (l *Logic) store(ctx context.Context, sm bus.StoredMessage, dedupID string)
 		if sm.Trace != "" {
 			msg.Header.Set(bus.HeaderTrace, sm.Trace)
 		}
+		start := time.Now()
 		ack, err := l.js.PublishMsg(ctx, msg,
 			jetstream.WithMsgID(dedupID),
 			jetstream.WithExpectLastSequencePerSubject(cs.lastStreamSeq))
+		l.m.Stage(immetrics.LatStore, start)
 		if err != nil {
 			var apiErr *jetstream.APIError
 			if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||

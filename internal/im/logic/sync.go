@@ -23,8 +23,10 @@ const (
 )
 
 func (l *Logic) handleSync(m *nats.Msg) {
+	l.m.Request("sync")
 	var req bus.SyncRequest
 	if err := json.Unmarshal(m.Data, &req); err != nil || !protocol.ValidUser(req.User) || len(req.After) > protocol.MaxSyncConvs {
+		l.m.Fail("sync", protocol.CodeBadRequest)
 		replyJSON(m, bus.SyncReply{Code: protocol.CodeBadRequest, Error: "malformed sync request"})
 		return
 	}
@@ -33,9 +35,11 @@ func (l *Logic) handleSync(m *nats.Msg) {
 	reply, err := l.sync(ctx, req)
 	if err != nil {
 		l.log.Warn("sync failed", "err", err)
+		l.m.Fail("sync", protocol.CodeUnavailable)
 		replyJSON(m, bus.SyncReply{Code: protocol.CodeUnavailable, Error: "sync failed; retry"})
 		return
 	}
+	l.m.Synced(len(reply.Msgs))
 	replyJSON(m, reply)
 }
 
