@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/imwatch/imwatch/internal/agent"
 	"github.com/imwatch/imwatch/internal/im/cluster"
 )
 
@@ -23,6 +24,7 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 	natsURL := fs.String("nats", "", "URL of an external NATS with JetStream (default: embed one)")
 	natsListen := fs.String("nats-listen", "127.0.0.1:4222", "loopback address of the embedded NATS server")
 	_ = fs.String("listen", "127.0.0.1:7070", "address of the monitoring center")
+	agentListen := fs.String("agent-listen", agent.DefaultListen, "address of this host's system metrics (imwatch agent); empty: no agent")
 	logicMetrics := fs.String("logic-metrics-listen", "127.0.0.1:7090", "address of the logic node's /metrics")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -56,6 +58,22 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	}
+	var as *agent.Server
+	if *agentListen != "" {
+		acfg := agent.DefaultConfig()
+		acfg.Log = log
+		a, err := agent.New(acfg)
+		if err != nil {
+			c.Stop(stopTimeout)
+			return err
+		}
+		as = agent.NewServer(*agentListen, a)
+		if err := as.Start(ctx); err != nil {
+			c.Stop(stopTimeout)
+			return fmt.Errorf("agent: %w", err)
+		}
+		defer as.Stop(context.Background())
+	}
 	fmt.Fprintf(stdout, "imwatch is up.\n")
 	fmt.Fprintf(stdout, "  nats:      %s\n", c.NATSURL)
 	for i, u := range c.URLs() {
@@ -63,6 +81,9 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 	}
 	for i, m := range c.LogicMetrics {
 		fmt.Fprintf(stdout, "  logic %d:   metrics http://%s/metrics\n", i+1, m.Addr())
+	}
+	if as != nil {
+		fmt.Fprintf(stdout, "  agent:     http://%s/metrics\n", as.Addr())
 	}
 	fmt.Fprintf(stdout, "  secret:    %s\n  data:      %s\n", secretFrom, *data)
 	fmt.Fprintf(stdout, "Get a token with: imwatch im token --data %s --user alice\nStop with Ctrl-C.\n", *data)

@@ -179,6 +179,7 @@ func upArgs(t *testing.T, data string, extra ...string) []string {
 		"--nats-listen", "127.0.0.1:" + strconv.Itoa(imtest.FreePort(t)),
 		"--listen", "127.0.0.1:" + strconv.Itoa(imtest.FreePort(t)),
 		"--logic-metrics-listen", "127.0.0.1:0",
+		"--agent-listen", "127.0.0.1:0",
 	}, extra...)
 }
 
