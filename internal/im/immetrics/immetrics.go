@@ -57,6 +57,43 @@ type Set struct {
 	StageDuration *prometheus.HistogramVec // stage
 	E2EDuration   *prometheus.HistogramVec // kind
 	Pending       prometheus.Gauge
+
+	// Children resolved once, so that the message path does not hash labels.
+	msgs     map[[2]string]prometheus.Counter
+	framesIn map[string]prometheus.Counter
+	framesOu map[string]prometheus.Counter
+	stages   map[string]prometheus.Observer
+	e2e      map[string]prometheus.Observer
+}
+
+var (
+	kinds      = []string{KindDirect, KindGroup}
+	msgStages  = []string{StageSent, StageStored, StagePushed, StageDelivered, StageAcked}
+	latStages  = []string{LatGatewayReceive, LatStore, LatPush, LatDeliver, LatAck}
+	frameTypes = []string{"auth", "ping", "send", "deliver_ack", "sync", "group_create", "group_add", "group_remove",
+		"auth_ok", "pong", "send_ack", "deliver", "sync_done", "result", "error", "invalid"}
+)
+
+func (s *Set) resolve() {
+	s.msgs = map[[2]string]prometheus.Counter{}
+	for _, k := range kinds {
+		for _, st := range msgStages {
+			s.msgs[[2]string{k, st}] = s.Messages.WithLabelValues(k, st)
+		}
+	}
+	s.framesIn, s.framesOu = map[string]prometheus.Counter{}, map[string]prometheus.Counter{}
+	for _, t := range frameTypes {
+		s.framesIn[t] = s.Frames.WithLabelValues("in", t)
+		s.framesOu[t] = s.Frames.WithLabelValues("out", t)
+	}
+	s.stages = map[string]prometheus.Observer{}
+	for _, st := range latStages {
+		s.stages[st] = s.StageDuration.WithLabelValues(st)
+	}
+	s.e2e = map[string]prometheus.Observer{}
+	for _, k := range kinds {
+		s.e2e[k] = s.E2EDuration.WithLabelValues(k)
+	}
 }
 
 // New makes the metric set of service ("gateway" or "logic") in a registry of
@@ -104,6 +141,7 @@ func New(service string) *Set {
 			Name: "imwatch_im_pending_pushes", Help: "Messages pushed and awaiting deliver-acks on this logic node.",
 		}),
 	}
+	s.resolve()
 	f.MustRegister(s.Connections, s.Frames, s.Requests, s.Failures, s.Messages, s.Redeliveries, s.AckTimeouts,
 		s.Syncs, s.SyncMessages, s.StageDuration, s.E2EDuration, s.Pending)
 	return s
@@ -125,9 +163,18 @@ func Kind(group string) string {
 
 // Frame counts one frame in or out.
 func (s *Set) Frame(direction, typ string) {
-	if s != nil {
-		s.Frames.WithLabelValues(direction, typ).Inc()
+	if s == nil {
+		return
 	}
+	m := s.framesIn
+	if direction != "in" {
+		m = s.framesOu
+	}
+	if c, ok := m[typ]; ok {
+		c.Inc()
+		return
+	}
+	s.Frames.WithLabelValues(direction, typ).Inc()
 }
 
 // Request counts one request of an operation.
@@ -146,23 +193,38 @@ func (s *Set) Fail(op, reason string) {
 
 // Message counts n messages of a kind reaching a stage.
 func (s *Set) Message(kind, stage string, n int) {
-	if s != nil && n > 0 {
-		s.Messages.WithLabelValues(kind, stage).Add(float64(n))
+	if s == nil || n <= 0 {
+		return
 	}
+	if c, ok := s.msgs[[2]string{kind, stage}]; ok {
+		c.Add(float64(n))
+		return
+	}
+	s.Messages.WithLabelValues(kind, stage).Add(float64(n))
 }
 
 // Stage observes the time since start in a latency stage.
 func (s *Set) Stage(stage string, start time.Time) {
-	if s != nil {
-		s.StageDuration.WithLabelValues(stage).Observe(time.Since(start).Seconds())
+	if s == nil {
+		return
 	}
+	if o, ok := s.stages[stage]; ok {
+		o.Observe(time.Since(start).Seconds())
+		return
+	}
+	s.StageDuration.WithLabelValues(stage).Observe(time.Since(start).Seconds())
 }
 
 // E2E observes an end-to-end latency.
 func (s *Set) E2E(kind string, d time.Duration) {
-	if s != nil && d >= 0 {
-		s.E2EDuration.WithLabelValues(kind).Observe(d.Seconds())
+	if s == nil || d < 0 {
+		return
 	}
+	if o, ok := s.e2e[kind]; ok {
+		o.Observe(d.Seconds())
+		return
+	}
+	s.E2EDuration.WithLabelValues(kind).Observe(d.Seconds())
 }
 
 // ConnDelta moves the connection gauge.

@@ -1,0 +1,80 @@
+package immetrics
+
+import (
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func TestNilSetIsOff(t *testing.T) {
+	var s *Set
+	s.Frame("in", "send")
+	s.Request("send")
+	s.Fail("send", "bad_request")
+	s.Message(KindDirect, StageSent, 1)
+	s.Stage(LatStore, time.Now())
+	s.E2E(KindGroup, time.Millisecond)
+	s.ConnDelta(1)
+	s.SetPending(3)
+	s.Redelivered(1)
+	s.AckTimedOut(1)
+	s.Synced(2)
+}
+
+func TestCountsGoToTheirLabels(t *testing.T) {
+	s := New("gateway")
+	s.Message(KindGroup, StageDelivered, 3)
+	s.Message(KindGroup, StageDelivered, 0) // nothing
+	s.Message("other", StageDelivered, 2)   // an unforeseen label still counts
+	s.Frame("out", "deliver")
+	s.Frame("in", "weird")
+	s.Fail("send", "unavailable")
+	s.Synced(4)
+	for _, c := range []struct {
+		name string
+		got  float64
+		want float64
+	}{
+		{"group delivered", testutil.ToFloat64(s.Messages.WithLabelValues(KindGroup, StageDelivered)), 3},
+		{"direct delivered", testutil.ToFloat64(s.Messages.WithLabelValues(KindDirect, StageDelivered)), 0},
+		{"other delivered", testutil.ToFloat64(s.Messages.WithLabelValues("other", StageDelivered)), 2},
+		{"frames out deliver", testutil.ToFloat64(s.Frames.WithLabelValues("out", "deliver")), 1},
+		{"frames in weird", testutil.ToFloat64(s.Frames.WithLabelValues("in", "weird")), 1},
+		{"failures", testutil.ToFloat64(s.Failures.WithLabelValues("send", "unavailable")), 1},
+		{"syncs", testutil.ToFloat64(s.Syncs), 1},
+		{"sync messages", testutil.ToFloat64(s.SyncMessages), 4},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+	// Every family carries the service label.
+	mfs, err := s.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if len(mf.GetName()) < 11 || mf.GetName()[:11] != "imwatch_im_" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			found := false
+			for _, l := range m.GetLabel() {
+				found = found || (l.GetName() == "service" && l.GetValue() == "gateway")
+			}
+			if !found {
+				t.Fatalf("%s has no service label", mf.GetName())
+			}
+		}
+	}
+}
+
+func BenchmarkMessage(b *testing.B) {
+	s := New("logic")
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		s.Message(KindDirect, StageDelivered, 1)
+		s.Stage(LatDeliver, time.Now())
+	}
+}
