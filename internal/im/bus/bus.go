@@ -204,6 +204,15 @@ func Connect(url, name string, log *slog.Logger) (*nats.Conn, error) {
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrlRedacted()) }),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			// Asynchronous errors, such as a watcher's consumer vanishing while
+			// the server shuts down: worth a log line, not a crash or stderr noise.
+			subj := ""
+			if sub != nil {
+				subj = sub.Subject
+			}
+			log.Debug("nats async error", "subject", subj, "err", err)
+		}),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("connect to nats %s: %w", url, err)
