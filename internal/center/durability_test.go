@@ -3,9 +3,9 @@ package center_test
 import (
 	"bufio"
 	"bytes"
-	"context"
+	"encoding/json"
 	"fmt"
-	"log/slog"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -13,55 +13,48 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/prometheus/prompb"
 
-	"github.com/imwatch/imwatch/internal/center"
 	"github.com/imwatch/imwatch/internal/center/centertest"
-	"github.com/imwatch/imwatch/internal/center/config"
+	"github.com/imwatch/imwatch/internal/cli"
+	"github.com/imwatch/imwatch/internal/im/imtest"
 )
 
-// TestMain lets the test binary run a center as a child process, so that a
-// test can kill -9 it.
+// TestMain lets the test binary run `imwatch center` (the real command
+// line) as a child process, so that tests can signal it and kill -9 it.
 func TestMain(m *testing.M) {
-	if file := os.Getenv("IMWATCH_CENTER_CHILD"); file != "" {
-		os.Exit(runChildCenter(file))
+	if os.Getenv("IMWATCH_CENTER_CHILD") == "1" {
+		args := os.Args[1:]
+		for i, a := range args {
+			if a == "--" {
+				args = args[i+1:]
+				break
+			}
+		}
+		os.Exit(cli.Main(args, os.Stdout, os.Stderr))
 	}
 	os.Exit(m.Run())
 }
 
-func runChildCenter(file string) int {
-	cfg, err := config.Load(file)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	cfg.Listen = "127.0.0.1:0"
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	c, err := center.New(cfg, log)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if err := c.Start(context.Background()); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	fmt.Printf("LISTEN %s\n", c.URL())
-	select {} // until killed
-}
-
 type child struct {
-	cmd *exec.Cmd
-	url string
+	cmd  *exec.Cmd
+	url  string
+	exit chan error
 }
 
+// startChild runs `imwatch center --config cfgFile --listen 127.0.0.1:0`.
 func startChild(t *testing.T, cfgFile string) *child {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "IMWATCH_CENTER_CHILD="+cfgFile)
+	level := "error"
+	if os.Getenv("IMWATCH_TEST_LOG") != "" {
+		level = "debug"
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$", "--", "center", "--config", cfgFile, "--listen", "127.0.0.1:0", "--log-level", level)
+	cmd.Env = append(os.Environ(), "IMWATCH_CENTER_CHILD=1")
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -70,19 +63,29 @@ func startChild(t *testing.T, cfgFile string) *child {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	ch := &child{cmd: cmd, exit: make(chan error, 1)}
 	lines := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
-			if u, ok := strings.CutPrefix(sc.Text(), "LISTEN "); ok {
+			if rest, ok := strings.CutPrefix(sc.Text(), "center listening on "); ok {
+				u, _, _ := strings.Cut(rest, " ")
 				lines <- u
 			}
 		}
+		ch.exit <- cmd.Wait()
 	}()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+		}
+	})
 	select {
 	case u := <-lines:
-		return &child{cmd: cmd, url: u}
+		ch.url = u
+		return ch
+	case err := <-ch.exit:
+		t.Fatalf("child center exited: %v", err)
 	case <-time.After(60 * time.Second):
 		t.Fatal("child center did not start")
 	}
@@ -134,7 +137,7 @@ func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 				}()
 			}
 			wg.Wait()
-			_ = ch.cmd.Wait()
+			<-ch.exit
 
 			ch = startChild(t, cfgFile)
 			counts := querySum(t, ch.url, `sum by (req) (count_over_time(kill_test[1h]))`)
@@ -199,4 +202,85 @@ func newWriteRequest(u string, body []byte) (*http.Request, error) {
 	req.Header.Set("Content-Encoding", "snappy")
 	req.Header.Set("Content-Type", "application/x-protobuf")
 	return req, nil
+}
+
+// TestCLISignals: the command line reloads on SIGHUP (keeping the running
+// config when the new one is bad) and stops cleanly on SIGTERM, keeping
+// what it stored.
+func TestCLISignals(t *testing.T) {
+	dir := t.TempDir()
+	cfgFile := filepath.Join(dir, "center.yml")
+	writeFile(t, cfgFile, "storage: {path: data}\nevaluation_interval: 1s\nrule_files: [rules/*.yml]\n")
+	writeFile(t, filepath.Join(dir, "rules", "a.yml"), "groups:\n- name: first\n  rules:\n  - record: job:one\n    expr: vector(1)\n")
+	ch := startChild(t, cfgFile)
+	groups := func() string {
+		_, r := centertest.API(t, ch.url, "/api/v1/rules", nil)
+		var d struct {
+			Groups []struct {
+				Name string `json:"name"`
+			} `json:"groups"`
+		}
+		_ = json.Unmarshal(r.Data, &d)
+		var names []string
+		for _, g := range d.Groups {
+			names = append(names, g.Name)
+		}
+		return strings.Join(names, ",")
+	}
+	if g := groups(); g != "first" {
+		t.Fatalf("groups %q", g)
+	}
+	// A bad config on SIGHUP: refused, the old one runs on.
+	writeFile(t, cfgFile, "storage: {path: data}\nrule_files: [rules/*.yml]\nbogus: 1\n")
+	writeFile(t, filepath.Join(dir, "rules", "a.yml"), "groups:\n- name: second\n  rules:\n  - record: job:two\n    expr: vector(2)\n")
+	if err := ch.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	imtest.Eventually(t, 10*time.Second, func() error {
+		resp, err := http.Get(ch.url + "/metrics")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if !strings.Contains(string(b), `imwatch_center_config_reloads_total{result="failure"} 1`) {
+			return fmt.Errorf("no failed reload yet")
+		}
+		return nil
+	})
+	if g := groups(); g != "first" {
+		t.Fatalf("groups after a bad reload %q", g)
+	}
+	// A good one: swapped in.
+	writeFile(t, cfgFile, "storage: {path: data}\nevaluation_interval: 1s\nrule_files: [rules/*.yml]\n")
+	if err := ch.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	imtest.Eventually(t, 10*time.Second, func() error {
+		if g := groups(); g != "second" {
+			return fmt.Errorf("groups %q", g)
+		}
+		return nil
+	})
+	body := centertest.WriteRequest(t, &prompb.WriteRequest{Timeseries: []prompb.TimeSeries{series("kept_over_restart", time.Now(), 42)}})
+	if code, msg := centertest.PostWrite(t, ch.url, body); code != 204 {
+		t.Fatalf("write: %d %s", code, msg)
+	}
+	// SIGTERM: a clean stop, exit status 0.
+	if err := ch.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-ch.exit:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no exit after SIGTERM")
+	}
+	ch = startChild(t, cfgFile)
+	got, err := centertest.Query(ch.url, "kept_over_restart", time.Time{})
+	if err != nil || len(got) != 1 {
+		t.Errorf("after restart: %v %v", got, err)
+	}
 }

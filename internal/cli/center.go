@@ -50,35 +50,37 @@ func runCenter(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	g := service.NewGroup(log)
-	defer g.Stop(stopTimeout)
-	ctx, cancel := context.WithTimeout(context.Background(), centerStartTimeout)
-	defer cancel()
-	if err := g.Start(ctx, c); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "center listening on %s (storage %s)\n", c.URL(), cfg.Storage.Path)
-
+	// Signals are caught from here on: one that arrives while the center
+	// starts, or just after it said so, is handled, never the default action.
+	stopCtx, stop := catchStopSignals()
+	defer stop()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		for {
-			select {
-			case <-hup:
-				if err := c.Reload(); err == nil {
-					log.Info("config reloaded on SIGHUP")
-				} // a refused reload is logged by the center with its reason
-			case <-done:
-				return
-			}
+
+	g := service.NewGroup(log)
+	defer g.Stop(stopTimeout)
+	ctx, cancel := context.WithTimeout(stopCtx, centerStartTimeout)
+	defer cancel()
+	if err := g.Start(ctx, c); err != nil {
+		if stopCtx.Err() != nil {
+			log.Info("stopped while starting", "signal", stopReason(stopCtx))
+			return nil
 		}
-	}()
-	sig := service.WaitForSignal(context.Background())
-	log.Info("stopping", "signal", sig)
-	return g.Stop(stopTimeout)
+		return err
+	}
+	fmt.Fprintf(stdout, "center listening on %s (storage %s)\n", c.URL(), cfg.Storage.Path)
+	for {
+		select {
+		case <-hup:
+			if err := c.Reload(); err == nil {
+				log.Info("config reloaded on SIGHUP")
+			} // a refused reload is logged by the center with its reason
+		case <-stopCtx.Done():
+			log.Info("stopping", "signal", stopReason(stopCtx))
+			return g.Stop(stopTimeout)
+		}
+	}
 }
 
 func loadCenterConfig(file string) (config.Config, error) {

@@ -100,6 +100,9 @@ type Receiver struct {
 	MaxBodySize        ByteSize `yaml:"max_body_size"`
 	MaxDecodedSize     ByteSize `yaml:"max_decoded_size"`
 	MaxSamplesPerWrite int      `yaml:"max_samples_per_write"`
+	// MaxConcurrent bounds the writes being read and stored at once (and so
+	// their memory); more wait for their turn.
+	MaxConcurrent int `yaml:"max_concurrent"`
 }
 
 // Query bounds PromQL queries.
@@ -142,6 +145,7 @@ func Default() Config {
 			MaxBodySize:        16 << 20,
 			MaxDecodedSize:     64 << 20,
 			MaxSamplesPerWrite: 1_000_000,
+			MaxConcurrent:      16,
 		},
 		Query: Query{
 			Timeout:       Duration(2 * time.Minute),
@@ -353,6 +357,9 @@ func (r *Receiver) Validate() []error {
 	}
 	if r.MaxSamplesPerWrite <= 0 {
 		errs = append(errs, fieldErr("remote_write_receiver.max_samples_per_write", "must be positive"))
+	}
+	if r.MaxConcurrent <= 0 {
+		errs = append(errs, fieldErr("remote_write_receiver.max_concurrent", "must be positive"))
 	}
 	return errs
 }

@@ -40,6 +40,7 @@ type Receiver struct {
 	limits  atomic.Pointer[config.Receiver]
 	cache   *refCache
 	m       receiverMetrics
+	slots   atomic.Pointer[chan struct{}]
 
 	bufs sync.Pool // *buffers
 }
@@ -60,8 +61,8 @@ type receiverMetrics struct {
 // NewReceiver makes a receiver appending to app; durable, when not nil, is
 // called after each commit and before answering.
 func NewReceiver(app storage.AppendableV2, durable func() error, limits config.Receiver, reg prometheus.Registerer, log *slog.Logger) *Receiver {
-	r := &Receiver{app: app, durable: durable, log: log, cache: newRefCache(4 << 20)}
-	r.limits.Store(&limits)
+	r := &Receiver{app: app, durable: durable, log: log, cache: newRefCache(1 << 20)}
+	r.SetLimits(limits)
 	r.bufs.New = func() any { return &buffers{} }
 	r.m = receiverMetrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -89,7 +90,13 @@ func NewReceiver(app storage.AppendableV2, durable func() error, limits config.R
 }
 
 // SetLimits changes the limits for later requests.
-func (r *Receiver) SetLimits(l config.Receiver) { r.limits.Store(&l) }
+func (r *Receiver) SetLimits(l config.Receiver) {
+	if old := r.limits.Load(); old == nil || old.MaxConcurrent != l.MaxConcurrent {
+		slots := make(chan struct{}, max(l.MaxConcurrent, 1))
+		r.slots.Store(&slots)
+	}
+	r.limits.Store(&l)
+}
 
 // httpError is an answer other than 204.
 type httpError struct {
@@ -145,6 +152,13 @@ func (r *Receiver) handle(req *http.Request) *httpError {
 	lim := r.limits.Load()
 	if req.ContentLength > int64(lim.MaxBodySize) {
 		return errorf(http.StatusRequestEntityTooLarge, "body of %d bytes is larger than max_body_size %s", req.ContentLength, lim.MaxBodySize)
+	}
+	slots := *r.slots.Load()
+	select {
+	case slots <- struct{}{}:
+		defer func() { <-slots }()
+	case <-req.Context().Done():
+		return errorf(http.StatusServiceUnavailable, "gave up waiting for a turn: %v", req.Context().Err())
 	}
 	bufs := r.bufs.Get().(*buffers)
 	defer r.bufs.Put(bufs)

@@ -51,10 +51,9 @@ type Manager struct {
 	log    *slog.Logger
 	client *http.Client
 
-	mu       sync.Mutex
-	settings settings
-	loops    map[string]*loop
-	stopped  bool
+	mu      sync.Mutex
+	loops   map[string]*loop
+	stopped bool
 
 	scrapes *prometheus.CounterVec
 	targets prometheus.Gauge
@@ -102,7 +101,8 @@ func (m *Manager) ApplyConfig(cfg config.Scrape, extra []config.Target) {
 	if m.stopped {
 		return
 	}
-	m.settings = settings{interval: cfg.Interval.D(), timeout: cfg.Timeout.D(), sampleLimit: cfg.SampleLimit, bodyLimit: int64(cfg.BodySizeLimit)}
+	// Each apply gets its own settings: the loops hold a pointer to them.
+	st := &settings{interval: cfg.Interval.D(), timeout: cfg.Timeout.D(), sampleLimit: cfg.SampleLimit, bodyLimit: int64(cfg.BodySizeLimit)}
 	want := map[string]config.Target{}
 	for _, t := range append(append([]config.Target(nil), cfg.Targets...), extra...) {
 		want[targetKey(t)] = t
@@ -112,7 +112,7 @@ func (m *Manager) ApplyConfig(cfg config.Scrape, extra []config.Target) {
 			l.stop(true)
 			delete(m.loops, k)
 		} else {
-			l.settings.Store(&m.settings)
+			l.settings.Store(st)
 		}
 	}
 	for k, t := range want {
@@ -120,7 +120,7 @@ func (m *Manager) ApplyConfig(cfg config.Scrape, extra []config.Target) {
 			continue
 		}
 		l := newLoop(m, t)
-		l.settings.Store(&m.settings)
+		l.settings.Store(st)
 		m.loops[k] = l
 		go l.run()
 	}

@@ -214,8 +214,9 @@ func (w *walSyncer) Sync() error {
 	return w.err
 }
 
-// syncSegments fsyncs the last two segment files: a commit may have
-// spilled from the older into the newer one just before.
+// syncSegments fsyncs the last two segment files (a commit may have
+// spilled from the older into the newer one just before) and the directory,
+// so that a segment created just before is found after a power loss.
 func (w *walSyncer) syncSegments() error {
 	entries, err := os.ReadDir(w.dir)
 	if err != nil {
@@ -244,6 +245,14 @@ func (w *walSyncer) syncSegments() error {
 		if err != nil {
 			return fmt.Errorf("fsync wal segment %s: %w", n, err)
 		}
+	}
+	d, err := os.Open(w.dir)
+	if err != nil {
+		return fmt.Errorf("open wal dir: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync wal dir: %w", err)
 	}
 	return nil
 }
