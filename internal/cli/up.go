@@ -2,13 +2,20 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/imwatch/imwatch/internal/agent"
+	"github.com/imwatch/imwatch/internal/center"
+	"github.com/imwatch/imwatch/internal/center/config"
 	"github.com/imwatch/imwatch/internal/im/cluster"
+	"github.com/imwatch/imwatch/rules"
 )
 
 func runUp(args []string, stdout, stderr io.Writer) error {
@@ -23,7 +30,7 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 	gwListen := fs.String("gateway-listen", "127.0.0.1:7080", "address of the first gateway; the second listens on the next port")
 	natsURL := fs.String("nats", "", "URL of an external NATS with JetStream (default: embed one)")
 	natsListen := fs.String("nats-listen", "127.0.0.1:4222", "loopback address of the embedded NATS server")
-	_ = fs.String("listen", "127.0.0.1:7070", "address of the monitoring center")
+	listen := fs.String("listen", config.DefaultListen, "address of the monitoring center (Prometheus-compatible API)")
 	agentListen := fs.String("agent-listen", agent.DefaultListen, "address of this host's system metrics (imwatch agent); empty: no agent")
 	logicMetrics := fs.String("logic-metrics-listen", "127.0.0.1:7090", "address of the logic node's /metrics")
 	if err := parse(fs, args); err != nil {
@@ -72,9 +79,21 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 			c.Stop(stopTimeout)
 			return fmt.Errorf("agent: %w", err)
 		}
-		defer as.Stop(context.Background())
+	}
+	cen, err := startUpCenter(ctx, *listen, *data, c, as, log)
+	if err != nil {
+		if as != nil {
+			as.Stop(context.Background())
+		}
+		c.Stop(stopTimeout)
+		if sig.Err() != nil {
+			log.Info("stopped during start-up", "signal", stopReason(sig))
+			return nil
+		}
+		return err
 	}
 	fmt.Fprintf(stdout, "imwatch is up.\n")
+	fmt.Fprintf(stdout, "  center:    %s  (Prometheus API: %s/api/v1/query)\n", cen.URL(), cen.URL())
 	fmt.Fprintf(stdout, "  nats:      %s\n", c.NATSURL)
 	for i, u := range c.URLs() {
 		fmt.Fprintf(stdout, "  gateway %d: %s  (metrics http://%s/metrics)\n", i+1, u, c.Gateways[i].Addr())
@@ -89,5 +108,67 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "Get a token with: imwatch im token --data %s --user alice\nStop with Ctrl-C.\n", *data)
 	<-sig.Done()
 	log.Info("stopping", "signal", stopReason(sig))
-	return c.Stop(stopTimeout)
+	// The center first, so that it does not scrape parts already stopped;
+	// it flushes its store on the way.
+	sctx, scancel := context.WithTimeout(context.Background(), stopTimeout)
+	defer scancel()
+	errs := []error{cen.Stop(sctx)}
+	if as != nil {
+		errs = append(errs, as.Stop(sctx))
+	}
+	errs = append(errs, c.Stop(stopTimeout))
+	return errors.Join(errs...)
+}
+
+// startUpCenter runs the center of `imwatch up`: its store under DATA/tsdb, the
+// default rules installed under DATA/rules/default, and every part that up
+// started as a scrape target.
+func startUpCenter(ctx context.Context, listen, data string, c *cluster.Cluster, as *agent.Server, log *slog.Logger) (*center.Center, error) {
+	ruleDir := filepath.Join(data, "rules", "default")
+	if err := installRules(ruleDir); err != nil {
+		return nil, err
+	}
+	cfg := config.Default()
+	cfg.Listen = listen
+	cfg.Storage.Path = filepath.Join(data, "tsdb")
+	cfg.RuleFiles = []string{filepath.Join(ruleDir, "*.yml"), filepath.Join(data, "rules", "*.yml")}
+	for _, g := range c.Gateways {
+		cfg.Scrape.Targets = append(cfg.Scrape.Targets, config.Target{URL: "http://" + g.Addr() + "/metrics", Labels: map[string]string{"job": "imwatch-gateway"}})
+	}
+	for _, m := range c.LogicMetrics {
+		cfg.Scrape.Targets = append(cfg.Scrape.Targets, config.Target{URL: "http://" + m.Addr() + "/metrics", Labels: map[string]string{"job": "imwatch-logic"}})
+	}
+	if as != nil {
+		cfg.Scrape.Targets = append(cfg.Scrape.Targets, config.Target{URL: "http://" + as.Addr() + "/metrics", Labels: map[string]string{"job": "imwatch-agent"}})
+	}
+	cen, err := center.New(cfg, log)
+	if err != nil {
+		return nil, fmt.Errorf("center: %w", err)
+	}
+	if err := cen.Start(ctx); err != nil {
+		return nil, fmt.Errorf("center: %w", err)
+	}
+	return cen, nil
+}
+
+// installRules writes the default rule files, replacing older copies: the
+// directory is imwatch's; a user's own rules go beside it in DATA/rules.
+func installRules(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("install rules: %w", err)
+	}
+	entries, err := fs.ReadDir(rules.FS, ".")
+	if err != nil {
+		return fmt.Errorf("install rules: %w", err)
+	}
+	for _, e := range entries {
+		data, err := rules.FS.ReadFile(e.Name())
+		if err != nil {
+			return fmt.Errorf("install rules: %w", err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, e.Name()), data, 0o644); err != nil {
+			return fmt.Errorf("install rules: %w", err)
+		}
+	}
+	return nil
 }
