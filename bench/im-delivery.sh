@@ -2,17 +2,17 @@
 # One-to-one delivery benchmark of the reference IM on this machine: the
 # figures in docs/benchmarks.md come from here.
 #
-# For each user count it starts a fresh `imwatch up` (embedded NATS with
-# JetStream, two gateways, a logic node) on free loopback ports with a
-# temporary --data directory, runs `imwatch im bench --json` up a ladder of
-# rates, REPEAT times each, and calls a rate sustainable when most repeats
+# Every run gets a fresh `imwatch up` (embedded NATS with JetStream, two
+# gateways, a logic node) on free loopback ports with a temporary --data
+# directory. For each user count it runs `imwatch im bench --json` up a ladder
+# of rates, REPEAT times each, and calls a rate sustainable when most repeats
 # lose nothing, reach the rate and keep the send-to-delivery p99 within
 # P99_LIMIT_MS. It then drives the server far past what it can take
 # (SATURATE_RATE) to measure the most it delivers, taking a CPU profile of
 # the server meanwhile, and measures the server's memory per idle connection.
 # The load generator runs on the same machine and its CPU time is reported.
 #
-#   ./bench/im-delivery.sh                         # everything, about 40 minutes
+#   ./bench/im-delivery.sh                         # everything: 30 to 60 minutes
 #   USERS_LIST=1000 REPEAT=1 ./bench/im-delivery.sh  # a quick look
 #
 # Settings (environment):
@@ -33,7 +33,8 @@
 #
 # Output: OUT/runs.jsonl (every run's report plus the CPU seconds the server
 # and the load generator used), OUT/summary.txt (the tables), OUT/cpu-*.pprof
-# and OUT/cpu-*.top.txt (server CPU profiles), OUT/idle-memory.txt.
+# OUT/cpu-*.top.txt and OUT/cpu-*.split.txt (server CPU profiles), OUT/idle.jsonl
+# and OUT/heap-idle-*.top.txt (idle connections).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,6 +62,7 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 12000 ]; then
 fi
 
 mkdir -p "$OUT" bin
+REV=$(git describe --always --dirty 2>/dev/null || cat REVISION 2>/dev/null || echo unknown)
 $GO build -o bin/imwatch ./cmd/imwatch
 $GO build -o bin/imwatch-pprof ./bench/imwatch-pprof
 CLK_TCK=$(getconf CLK_TCK)
@@ -99,8 +101,11 @@ start_server() {
 	center=$(free_port)
 	PPROF=127.0.0.1:$(free_port)
 	GATEWAYS="ws://127.0.0.1:$gw/ws,ws://127.0.0.1:$((gw + 1))/ws"
+	local extra=()
+	# Newer `imwatch up` also runs an agent on a fixed port: give it a free one.
+	bin/imwatch up --help 2>&1 | grep -q -- -agent-listen && extra+=(--agent-listen "127.0.0.1:$(free_port)")
 	IMWATCH_PPROF_LISTEN=$PPROF bin/imwatch-pprof up --data "$DATA" --gateway-listen "127.0.0.1:$gw" \
-		--nats-listen "127.0.0.1:$nats" --listen "127.0.0.1:$center" --log-level warn \
+		--nats-listen "127.0.0.1:$nats" --listen "127.0.0.1:$center" --log-level warn "${extra[@]}" \
 		>"$DATA/up.out" 2>"$DATA/up.err" &
 	SERVER_PID=$!
 	for _ in $(seq 300); do
@@ -201,6 +206,7 @@ bench_once() {
 	wait "$sampler" || true
 	if [ -n "$profile" ] && [ -s "$OUT/cpu-$profile.pprof" ]; then
 		$GO tool pprof -top -nodecount=40 bin/imwatch-pprof "$OUT/cpu-$profile.pprof" >"$OUT/cpu-$profile.top.txt" 2>/dev/null || true
+		./bench/pprof-split.sh bin/imwatch-pprof "$OUT/cpu-$profile.pprof" >"$OUT/cpu-$profile.split.txt" 2>/dev/null || true
 	fi
 	stop_server
 	rm -f "$f.last"
@@ -239,7 +245,7 @@ summarize() {
 }
 
 log "results in $OUT; $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -r), $($GO version)"
-log "revision: $(git describe --always --dirty 2>/dev/null || echo unknown), uncommitted changes: $(git diff --shortstat 2>/dev/null | tr -d '\n')"
+log "revision: $REV, uncommitted changes: $(git diff --shortstat 2>/dev/null | tr -d '\n')"
 log "settings: USERS_LIST='$USERS_LIST' RATES='$RATES' REPEAT=$REPEAT DURATION=$DURATION P99_LIMIT_MS=$P99_LIMIT_MS SATURATE_RATE=$SATURATE_RATE IDLE_USERS='$IDLE_USERS'"
 touch "$OUT/runs.jsonl"
 declare -A BEST
@@ -320,7 +326,7 @@ done
 
 {
 	echo "# im-delivery.sh, $(date -u +%Y-%m-%d), $(nproc) CPUs, $(uname -r), $($GO version | awk '{print $3}')"
-	echo "# revision: $(git describe --always --dirty 2>/dev/null || echo unknown)"
+	echo "# revision: $REV"
 	echo "# settings: USERS_LIST='$USERS_LIST' RATES='$RATES' REPEAT=$REPEAT DURATION=${DURATION}s P99_LIMIT_MS=$P99_LIMIT_MS"
 	echo
 	echo "## Rate ladder (medians of the runs; CPU in % of one core over the sending time)"

@@ -133,9 +133,10 @@ func (p *pusher) handleStored(msg jetstream.Msg) {
 	p.pending[sm.MsgID] = pp
 	p.queue = append(p.queue, pp)
 	p.l.m.SetPending(len(p.pending))
+	pushed := len(pp.waiting)
 	p.mu.Unlock()
 	p.publish(sm, routes)
-	p.l.m.Message(pp.kind, immetrics.StagePushed, len(pp.waiting))
+	p.l.m.Message(pp.kind, immetrics.StagePushed, pushed)
 	if sm.TS > 0 {
 		p.l.m.Stage(immetrics.LatPush, time.UnixMilli(sm.TS))
 	}
