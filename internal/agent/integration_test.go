@@ -3,11 +3,8 @@ package agent
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -141,27 +138,7 @@ scrape_configs:
 		"--web.listen-address="+promAddr,
 		"--log.level=warn")
 
-	query := func(q string) ([]promSample, error) {
-		resp, err := http.Get("http://" + promAddr + "/api/v1/query?query=" + url.QueryEscape(q))
-		if err != nil {
-			return nil, err
-		}
-		defer resp.Body.Close()
-		var r struct {
-			Status string `json:"status"`
-			Error  string `json:"error"`
-			Data   struct {
-				Result []promSample `json:"result"`
-			} `json:"data"`
-		}
-		if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
-			return nil, fmt.Errorf("query %s: %s: %w", q, resp.Status, err)
-		}
-		if r.Status != "success" {
-			return nil, fmt.Errorf("query %s: %s", q, r.Error)
-		}
-		return r.Data.Result, nil
-	}
+	query := (&imtest.Prometheus{Addr: promAddr}).Query
 	imtest.Eventually(t, 90*time.Second, func() error {
 		for _, c := range []struct {
 			q    string
@@ -203,11 +180,6 @@ scrape_configs:
 		}
 		return nil
 	})
-}
-
-type promSample struct {
-	Metric map[string]string `json:"metric"`
-	Value  []any             `json:"value"`
 }
 
 // sharedCollectors are the agent's collectors that node_exporter has too,
