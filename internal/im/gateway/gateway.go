@@ -105,9 +105,10 @@ type Gateway struct {
 	live     map[*conn]struct{} // every open connection, authenticated or not
 	stopping bool               // Stop began: connections are turned away
 
-	stopLive chan struct{}
-	liveDone chan struct{}
-	wg       sync.WaitGroup
+	stopLive  chan struct{}
+	liveDone  chan struct{}
+	sweepDone chan struct{}
+	wg        sync.WaitGroup
 }
 
 // New makes a gateway on the NATS connection nc.
@@ -123,17 +124,18 @@ func New(cfg Config, nc *nats.Conn) (*Gateway, error) {
 		return nil, fmt.Errorf("gateway: jetstream: %w", err)
 	}
 	g := &Gateway{
-		cfg:      cfg,
-		m:        cfg.Metrics,
-		log:      cfg.Log.With("component", "gateway", "gateway", cfg.ID),
-		nc:       nc,
-		js:       js,
-		epoch:    nuid.Next(),
-		conns:    map[string]map[string]*conn{},
-		live:     map[*conn]struct{}{},
-		mux:      http.NewServeMux(),
-		stopLive: make(chan struct{}),
-		liveDone: make(chan struct{}),
+		cfg:       cfg,
+		m:         cfg.Metrics,
+		log:       cfg.Log.With("component", "gateway", "gateway", cfg.ID),
+		nc:        nc,
+		js:        js,
+		epoch:     nuid.Next(),
+		conns:     map[string]map[string]*conn{},
+		live:      map[*conn]struct{}{},
+		mux:       http.NewServeMux(),
+		stopLive:  make(chan struct{}),
+		liveDone:  make(chan struct{}),
+		sweepDone: make(chan struct{}),
 	}
 	g.mux.HandleFunc("/ws", g.serveWS)
 	g.mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
@@ -186,6 +188,7 @@ func (g *Gateway) Start(ctx context.Context) error {
 		}
 	}()
 	go g.liveLoop()
+	go g.sweepLoop()
 	g.log.Info("gateway started", "listen", g.Addr())
 	return nil
 }
@@ -216,12 +219,36 @@ func (g *Gateway) liveLoop() {
 	}
 }
 
+// sweepInterval is how often the sweeper checks every connection's auth
+// and idle timeouts and stuck writes: one goroutine and one ticker for the
+// whole gateway rather than one per connection.
+const sweepInterval = 250 * time.Millisecond
+
+func (g *Gateway) sweepLoop() {
+	defer close(g.sweepDone)
+	t := time.NewTicker(sweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.stopLive:
+			return
+		case now := <-t.C:
+			g.mu.RLock()
+			for c := range g.live {
+				c.check(now)
+			}
+			g.mu.RUnlock()
+		}
+	}
+}
+
 // Stop closes every connection with "going away" so that clients reconnect
 // to another gateway, withdraws presence and stops.
 func (g *Gateway) Stop(ctx context.Context) error {
 	_ = g.http.Shutdown(ctx)
 	close(g.stopLive)
 	<-g.liveDone
+	<-g.sweepDone
 	g.mu.Lock()
 	g.stopping = true
 	all := make([]*conn, 0, len(g.live))
