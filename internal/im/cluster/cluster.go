@@ -139,7 +139,11 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 }
 
 func (c *Cluster) connect(name string, log *slog.Logger) (*nats.Conn, error) {
-	nc, err := bus.Connect(c.NATSURL, name, log)
+	var extra []nats.Option
+	if c.Embedded != nil {
+		extra = append(extra, c.Embedded.InProcess())
+	}
+	nc, err := bus.Connect(c.NATSURL, name, log, extra...)
 	if err != nil {
 		return nil, err
 	}
