@@ -8,7 +8,6 @@ package client
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -304,10 +303,7 @@ func (c *Client) conn(ctx context.Context) (*session, error) {
 }
 
 func (c *Client) write(ctx context.Context, ws *websocket.Conn, f protocol.Frame) error {
-	data, err := json.Marshal(f)
-	if err != nil {
-		return err
-	}
+	data := protocol.AppendFrame(make([]byte, 0, 128+len(f.Body)+len(f.Trace)), &f)
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	return ws.Write(wctx, websocket.MessageText, data)

@@ -2,7 +2,6 @@ package logic
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sync"
 	"time"
@@ -90,7 +89,7 @@ func (p *pusher) stop() {
 
 func (p *pusher) handleStored(msg jetstream.Msg) {
 	var sm bus.StoredMessage
-	if err := json.Unmarshal(msg.Data(), &sm); err != nil {
+	if err := bus.DecodeStoredMessage(msg.Data(), &sm); err != nil {
 		p.l.log.Warn("dropping undecodable stored message", "subject", msg.Subject(), "err", err)
 		_ = msg.Term()
 		return
@@ -144,10 +143,8 @@ func (p *pusher) handleStored(msg jetstream.Msg) {
 
 func (p *pusher) publish(sm bus.StoredMessage, routes map[string][]bus.Target) {
 	for gw, targets := range routes {
-		data, err := json.Marshal(bus.Deliver{Node: p.l.cfg.Node, Targets: targets, Msg: sm})
-		if err != nil {
-			continue
-		}
+		d := bus.Deliver{Node: p.l.cfg.Node, Targets: targets, Msg: sm}
+		data := bus.AppendDeliver(make([]byte, 0, 320+len(sm.Body)+len(sm.Trace)), &d)
 		m := &nats.Msg{Subject: bus.DeliverSubject(gw), Data: data}
 		if sm.Trace != "" {
 			m.Header = nats.Header{bus.HeaderTrace: []string{sm.Trace}}
@@ -160,7 +157,7 @@ func (p *pusher) publish(sm bus.StoredMessage, routes map[string][]bus.Target) {
 
 func (p *pusher) handleAck(m *nats.Msg) {
 	var a bus.DeliverAck
-	if json.Unmarshal(m.Data, &a) != nil {
+	if bus.DecodeDeliverAck(m.Data, &a) != nil {
 		return
 	}
 	p.mu.Lock()

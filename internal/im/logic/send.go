@@ -58,7 +58,7 @@ func (l *Logic) conv(id string) *convState {
 
 func (l *Logic) handleSend(m *nats.Msg) {
 	var req bus.SendRequest
-	if err := json.Unmarshal(m.Data, &req); err != nil {
+	if err := bus.DecodeSendRequest(m.Data, &req); err != nil {
 		replyJSON(m, bus.SendReply{Code: protocol.CodeBadRequest, Error: "malformed send request"})
 		return
 	}
@@ -72,7 +72,9 @@ func (l *Logic) handleSend(m *nats.Msg) {
 	} else if !reply.Dup {
 		l.m.Message(immetrics.Kind(req.Group), immetrics.StageStored, 1)
 	}
-	replyJSON(m, reply)
+	if m.Reply != "" {
+		_ = m.Respond(bus.AppendSendReply(make([]byte, 0, 128), &reply))
+	}
 }
 
 func (l *Logic) send(req bus.SendRequest) bus.SendReply {
@@ -130,10 +132,7 @@ func (l *Logic) store(ctx context.Context, sm bus.StoredMessage, dedupID string)
 		}
 		sm.Seq = cs.lastSeq + 1
 		sm.TS = time.Now().UnixMilli()
-		data, err := json.Marshal(sm)
-		if err != nil {
-			return sm, false, err
-		}
+		data := bus.AppendStoredMessage(make([]byte, 0, 256+len(sm.Body)+len(sm.Trace)), &sm)
 		msg := &nats.Msg{Subject: subj, Data: data, Header: nats.Header{}}
 		msg.Header.Set(headerSeq, strconv.FormatUint(sm.Seq, 10))
 		if sm.Trace != "" {
@@ -160,7 +159,7 @@ func (l *Logic) store(ctx context.Context, sm bus.StoredMessage, dedupID string)
 				return sm, true, fmt.Errorf("load duplicate %d: %w", ack.Sequence, err)
 			}
 			var first bus.StoredMessage
-			if err := json.Unmarshal(orig.Data, &first); err != nil {
+			if err := bus.DecodeStoredMessage(orig.Data, &first); err != nil {
 				return sm, true, fmt.Errorf("decode duplicate %d: %w", ack.Sequence, err)
 			}
 			return first, true, nil
