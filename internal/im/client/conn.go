@@ -197,14 +197,22 @@ func (c *Client) serve(ctx context.Context, s *session) {
 }
 
 // gapLoop syncs conversations whose gap in sequence has lasted GapTimeout.
+// It ticks only while a gap is open: an idle client costs no wake-ups.
 func (c *Client) gapLoop(ctx context.Context) {
-	t := time.NewTicker(c.cfg.GapTimeout / 2)
-	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-c.order.gapOpened:
+		}
+		t := time.NewTicker(c.cfg.GapTimeout / 2)
+		for c.order.hasGaps() {
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
 			convs := c.order.gaps(c.cfg.GapTimeout)
 			if len(convs) == 0 {
 				continue
@@ -215,5 +223,6 @@ func (c *Client) gapLoop(ctx context.Context) {
 			}
 			cancel()
 		}
+		t.Stop()
 	}
 }

@@ -311,7 +311,7 @@ func (c *conn) handle(f protocol.Frame) {
 	case protocol.TypeAuth:
 		c.sendError(f.ID, protocol.Errorf(protocol.CodeBadRequest, "already authenticated"))
 	case protocol.TypeSend:
-		c.async(f, c.forwardSend)
+		c.forwardSend(f)
 	case protocol.TypeDeliverAck:
 		c.forwardAck(f)
 	case protocol.TypeSync:
@@ -343,6 +343,18 @@ func (c *conn) request(subject string, trace string, req, reply any, timeout tim
 	if err != nil {
 		return protocol.Errorf(protocol.CodeInternal, "encode request")
 	}
+	resp, perr := c.requestData(subject, trace, data, timeout)
+	if perr != nil {
+		return perr
+	}
+	if err := json.Unmarshal(resp, reply); err != nil {
+		return protocol.Errorf(protocol.CodeInternal, "undecodable answer from logic")
+	}
+	return nil
+}
+
+// requestData sends an encoded request to the logic nodes and returns the answer.
+func (c *conn) requestData(subject, trace string, data []byte, timeout time.Duration) ([]byte, *protocol.Error) {
 	m := &nats.Msg{Subject: subject, Data: data}
 	if trace != "" {
 		m.Header = nats.Header{bus.HeaderTrace: []string{trace}}
@@ -352,12 +364,9 @@ func (c *conn) request(subject string, trace string, req, reply any, timeout tim
 	resp, err := c.g.nc.RequestMsgWithContext(ctx, m)
 	if err != nil {
 		c.g.log.Debug("request to logic failed", "subject", subject, "err", err)
-		return protocol.Errorf(protocol.CodeUnavailable, "no logic node answered in time; retry")
+		return nil, protocol.Errorf(protocol.CodeUnavailable, "no logic node answered in time; retry")
 	}
-	if err := json.Unmarshal(resp.Data, reply); err != nil {
-		return protocol.Errorf(protocol.CodeInternal, "undecodable answer from logic")
-	}
-	return nil
+	return resp.Data, nil
 }
 
 // operation is the operation label of a frame type.
@@ -373,26 +382,6 @@ func operation(typ string) string {
 func (c *conn) fail(f protocol.Frame, perr *protocol.Error) {
 	c.g.m.Fail(operation(f.Type), perr.Code)
 	c.sendError(f.ID, perr)
-}
-
-func (c *conn) forwardSend(f protocol.Frame) {
-	start := time.Now()
-	c.g.m.Request("send")
-	kind := immetrics.Kind(f.Group)
-	c.g.m.Message(kind, immetrics.StageSent, 1)
-	req := bus.SendRequest{From: c.user, Device: c.device, Gateway: c.g.cfg.ID, ID: f.ID,
-		To: f.To, Group: f.Group, Body: f.Body, Probe: f.Probe, Trace: f.Trace, RecvNS: start.UnixNano()}
-	var rep bus.SendReply
-	if perr := c.request(bus.SubjSend, f.Trace, req, &rep, c.g.cfg.RequestTimeout); perr != nil {
-		c.fail(f, perr)
-		return
-	}
-	if rep.Code != "" {
-		c.fail(f, protocol.Errorf(rep.Code, "%s", rep.Error))
-		return
-	}
-	c.send(protocol.Frame{Type: protocol.TypeSendAck, ID: f.ID, MsgID: rep.MsgID, Conv: rep.Conv, Seq: rep.Seq, TS: rep.TS, Dup: rep.Dup})
-	c.g.m.Stage(immetrics.LatGatewayReceive, start)
 }
 
 func (c *conn) forwardSync(f protocol.Frame) {
@@ -441,8 +430,7 @@ func (c *conn) forwardAck(f protocol.Frame) {
 	if !ok {
 		return // delivered by sync, or acked already: nobody waits for it
 	}
-	data, _ := json.Marshal(bus.DeliverAck{MsgID: f.MsgID, User: c.user, Device: c.device})
-	_ = c.g.nc.Publish(bus.AckSubject(node), data)
+	_ = c.g.nc.Publish(bus.AckSubject(node), bus.AppendDeliverAck(nil, &bus.DeliverAck{MsgID: f.MsgID, User: c.user, Device: c.device}))
 }
 
 // deliver queues a pushed message; a client too slow to take it is closed,
@@ -492,20 +480,12 @@ func (c *conn) closeSlow() {
 }
 
 func (c *conn) send(f protocol.Frame) {
-	data, err := json.Marshal(f)
-	if err != nil {
-		return
-	}
-	c.queue(outFrame{data: data, typ: f.Type})
+	c.queue(outFrame{data: protocol.AppendFrame(nil, &f), typ: f.Type})
 }
 
 // sendWait queues a frame, waiting for room; false when the connection closed.
 func (c *conn) sendWait(f protocol.Frame) bool {
-	data, err := json.Marshal(f)
-	if err != nil {
-		return false
-	}
-	of := outFrame{data: data, typ: f.Type}
+	of := outFrame{data: protocol.AppendFrame(nil, &f), typ: f.Type}
 	var t *time.Timer
 	for {
 		select {
@@ -547,7 +527,8 @@ func (c *conn) close(code websocket.StatusCode, reason string, perr *protocol.Er
 		c.closeCode, c.closeWhy = code, reason
 		if perr != nil {
 			c.g.m.Fail("connection", perr.Code)
-			c.closeErr, _ = json.Marshal(protocol.ErrorFrame("", perr))
+			ef := protocol.ErrorFrame("", perr)
+			c.closeErr = protocol.AppendFrame(nil, &ef)
 		}
 		close(c.closed)
 		// The writer sends the close frame and the read loop ends when the

@@ -99,6 +99,8 @@ type Gateway struct {
 	mux  *http.ServeMux
 	sub  *nats.Subscription
 
+	sends sendCalls
+
 	mu       sync.RWMutex
 	conns    map[string]map[string]*conn // user -> device -> connection
 	n        int
@@ -174,6 +176,9 @@ func (g *Gateway) Start(ctx context.Context) error {
 		return fmt.Errorf("gateway: subscribe: %w", err)
 	}
 	_ = g.sub.SetPendingLimits(1<<20, 256<<20)
+	if err := g.startSendCalls(); err != nil {
+		return fmt.Errorf("gateway: subscribe: %w", err)
+	}
 	if err := g.announce(ctx); err != nil {
 		return err
 	}
@@ -238,6 +243,7 @@ func (g *Gateway) sweepLoop() {
 				c.check(now)
 			}
 			g.mu.RUnlock()
+			g.sends.expire(now)
 		}
 	}
 }
@@ -266,6 +272,7 @@ func (g *Gateway) Stop(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	_ = g.sub.Unsubscribe()
+	_ = g.sends.sub.Unsubscribe()
 	dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_ = g.gateways.Delete(dctx, g.cfg.ID)
@@ -349,19 +356,17 @@ func (g *Gateway) Conns() int {
 func (g *Gateway) handleDeliver(m *nats.Msg) {
 	start := time.Now()
 	var d bus.Deliver
-	if err := json.Unmarshal(m.Data, &d); err != nil {
+	if err := bus.DecodeDeliver(m.Data, &d); err != nil {
 		g.log.Debug("undecodable deliver", "err", err)
 		return
 	}
+	// One rendering of the frame for every device it goes to.
 	f := protocol.Frame{
 		Type: protocol.TypeDeliver, MsgID: d.Msg.MsgID, Conv: d.Msg.Conv, Seq: d.Msg.Seq,
 		From: d.Msg.From, FromDevice: d.Msg.FromDevice, Group: d.Msg.Group, Body: d.Msg.Body,
 		Probe: d.Msg.Probe, Trace: d.Msg.Trace, TS: d.Msg.TS,
 	}
-	data, err := json.Marshal(f)
-	if err != nil {
-		return
-	}
+	data := protocol.AppendFrame(make([]byte, 0, 192+len(f.Body)+len(f.Trace)), &f)
 	kind := immetrics.Kind(d.Msg.Group)
 	for _, t := range d.Targets {
 		if c := g.lookup(t); c != nil {
