@@ -139,9 +139,7 @@ func (l *Logic) store(ctx context.Context, sm bus.StoredMessage, dedupID string)
 			msg.Header.Set(bus.HeaderTrace, sm.Trace)
 		}
 		start := time.Now()
-		ack, err := l.js.PublishMsg(ctx, msg,
-			jetstream.WithMsgID(dedupID),
-			jetstream.WithExpectLastSequencePerSubject(cs.lastStreamSeq))
+		ack, err := l.publish(ctx, msg, dedupID, cs.lastStreamSeq)
 		l.m.Stage(immetrics.LatStore, start)
 		if err != nil {
 			var apiErr *jetstream.APIError
@@ -168,6 +166,26 @@ func (l *Logic) store(ctx context.Context, sm bus.StoredMessage, dedupID string)
 		return sm, false, nil
 	}
 	return sm, false, errors.New("conversation is contended; gave up")
+}
+
+// publish appends msg to the stream and waits for the store's ack. It uses
+// the asynchronous publish, whose acks come back through one subscription
+// (at most MaxInflight outstanding), rather than a request with its own
+// inbox, context and timer per message; this goroutine still waits, holding
+// the conversation, so the sequence stays serialized.
+func (l *Logic) publish(ctx context.Context, msg *nats.Msg, dedupID string, lastSubjectSeq uint64) (*jetstream.PubAck, error) {
+	fut, err := l.js.PublishMsgAsync(msg, jetstream.WithMsgID(dedupID), jetstream.WithExpectLastSequencePerSubject(lastSubjectSeq))
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case ack := <-fut.Ok():
+		return ack, nil
+	case err := <-fut.Err():
+		return nil, err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 func (l *Logic) loadConv(ctx context.Context, conv string, cs *convState) error {
