@@ -263,11 +263,16 @@ func (c *Client) roundTrip(ctx context.Context, f protocol.Frame) (protocol.Fram
 		return protocol.Frame{}, errDisconnected
 	}
 	// A frame the gateway dropped (rate limit) is never answered: give up on
-	// this attempt after a while; send resends it with the same id.
-	attempt := time.NewTimer(attemptTimeout)
-	defer attempt.Stop()
+	// this attempt after a while; send resends it with the same id. No
+	// timer when ctx ends sooner anyway (the load generator's sends).
+	var expired <-chan time.Time
+	if d, ok := ctx.Deadline(); !ok || time.Until(d) > attemptTimeout {
+		attempt := time.NewTimer(attemptTimeout)
+		defer attempt.Stop()
+		expired = attempt.C
+	}
 	select {
-	case <-attempt.C:
+	case <-expired:
 		return protocol.Frame{}, errNoAnswer
 	case r := <-ch:
 		if r.Type == protocol.TypeError {

@@ -157,8 +157,12 @@ func (c *Client) serve(ctx context.Context, s *session) {
 			}
 		}
 	}()
+	// Reads pass no cancellable context, which costs a registration per
+	// frame; the end of sctx closes the socket instead, as a cancelled read does.
+	stop := context.AfterFunc(sctx, func() { _ = s.ws.CloseNow() })
+	defer stop()
 	for {
-		_, data, err := s.ws.Read(sctx)
+		_, data, err := s.ws.Read(context.Background())
 		if err != nil {
 			c.log.Debug("connection lost", "gateway", s.gateway, "err", err)
 			return
