@@ -189,6 +189,7 @@ func AppendDeliver(b []byte, d *Deliver) []byte {
 		e.CloseArray(arr)
 	}
 	encodeStored(&e, "msg", &d.Msg)
+	e.Bool("ack_batch", d.AckBatch, true)
 	e.Close(top)
 	return e.B
 }
@@ -212,6 +213,8 @@ func DecodeDeliver(data []byte, v *Deliver) error {
 				})
 			case "msg":
 				return decodeStored(d, &v.Msg)
+			case "ack_batch":
+				return d.Bool(&v.AckBatch)
 			}
 			return false
 		})
@@ -243,17 +246,85 @@ func AppendDeliverAck(b []byte, a *DeliverAck) []byte {
 
 // DecodeDeliverAck decodes data into a, which must be zero.
 func DecodeDeliverAck(data []byte, a *DeliverAck) error {
-	return decode(data, a, func(d *jsonwire.Dec, a *DeliverAck) bool {
+	return decode(data, a, decodeAck)
+}
+
+// AppendDeliverAckBatch appends b as JSON.
+func AppendDeliverAckBatch(buf []byte, b *DeliverAckBatch) []byte {
+	e := jsonwire.Enc{B: buf}
+	top := e.Open("")
+	if b.Acks == nil {
+		e.Null("acks")
+	} else {
+		arr := e.OpenArray("acks")
+		for i := range b.Acks {
+			o := e.Open("")
+			e.Str("msg_id", b.Acks[i].MsgID, false)
+			e.Str("u", b.Acks[i].User, false)
+			e.Str("d", b.Acks[i].Device, false)
+			e.Close(o)
+		}
+		e.CloseArray(arr)
+	}
+	e.Close(top)
+	return e.B
+}
+
+// ackMessage is either form of what arrives on AckSubject: a DeliverAck's
+// fields at the top level, or a DeliverAckBatch's acks.
+type ackMessage struct {
+	MsgID  string       `json:"msg_id"`
+	User   string       `json:"u"`
+	Device string       `json:"d"`
+	Acks   []DeliverAck `json:"acks"`
+}
+
+// DecodeAcks decodes a message from AckSubject, a single DeliverAck or a
+// DeliverAckBatch, appending its acks to dst.
+func DecodeAcks(data []byte, dst []DeliverAck) ([]DeliverAck, error) {
+	var m ackMessage
+	err := decode(data, &m, func(d *jsonwire.Dec, m *ackMessage) bool {
 		return d.Object(func(k []byte) bool {
 			switch string(k) {
 			case "msg_id":
-				return d.Str(&a.MsgID)
+				return d.Str(&m.MsgID)
 			case "u":
-				return d.Str(&a.User)
+				return d.Str(&m.User)
 			case "d":
-				return d.Str(&a.Device)
+				return d.Str(&m.Device)
+			case "acks":
+				m.Acks = make([]DeliverAck, 0, 8)
+				return d.Array(func() bool {
+					var a DeliverAck
+					if !decodeAck(d, &a) {
+						return false
+					}
+					m.Acks = append(m.Acks, a)
+					return true
+				})
 			}
 			return false
 		})
+	})
+	if err != nil {
+		return dst, err
+	}
+	if m.MsgID != "" {
+		dst = append(dst, DeliverAck{MsgID: m.MsgID, User: m.User, Device: m.Device})
+	}
+	return append(dst, m.Acks...), nil
+}
+
+func decodeAck(d *jsonwire.Dec, a *DeliverAck) bool {
+	return d.Object(func(k []byte) bool {
+		switch string(k) {
+		case "msg_id":
+			return d.Str(&a.MsgID)
+		case "u":
+			return d.Str(&a.User)
+		case "d":
+			return d.Str(&a.Device)
+		}
+		return false
 	})
 }

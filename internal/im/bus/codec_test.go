@@ -32,7 +32,8 @@ var busSeeds = []string{
 	`{"msg_id":"Z","conv":"d=alice=bob","seq":42,"from":"alice","from_device":"laptop","group":"","body":"hello","probe":false,"traceparent":"00-…-01","ts":1764000000123}`,
 	`{"node":"logic-1","targets":[{"u":"bob","d":"phone"},{"u":"bob","d":"laptop"}],"msg":{"msg_id":"Z","conv":"g=t","seq":1,"from":"a","from_device":"p","body":"x","ts":1}}`,
 	`{"node":"n","targets":null,"msg":{}}`, `{"node":"n","targets":[],"msg":{"seq":1},"msg":{"ts":2}}`,
-	`{"msg_id":"Z","u":"bob","d":"phone"}`, `{"msg_id":"Z","U":"bob"}`, `{"seq":-1}`, `{"seq":1e3}`, `{"body":"a\nb"}`,
+	`{"msg_id":"Z","u":"bob","d":"phone"}`, `{"msg_id":"Z","U":"bob"}`, `{"acks":[{"msg_id":"A","u":"b","d":"p"},{"msg_id":"B","u":"b","d":"p"}]}`,
+	`{"acks":null}`, `{"node":"n","targets":[],"msg":{},"ack_batch":true}`, `{"seq":-1}`, `{"seq":1e3}`, `{"body":"a\nb"}`,
 }
 
 // FuzzDecodeBus checks every bus decoder against encoding/json on any input:
@@ -53,6 +54,23 @@ func FuzzDecodeBus(f *testing.F) {
 				t.Fatalf("%s %q: %+v, encoding/json %+v", c.name, data, got, want)
 			}
 		}
+		got, gotErr := bus.DecodeAcks(data, nil)
+		var m bus.AckMessage
+		wantErr := json.Unmarshal(data, &m)
+		if (gotErr == nil) != (wantErr == nil) {
+			t.Fatalf("DecodeAcks %q: error %v, encoding/json %v", data, gotErr, wantErr)
+		}
+		if gotErr != nil {
+			return
+		}
+		var want []bus.DeliverAck
+		if m.MsgID != "" {
+			want = append(want, bus.DeliverAck{MsgID: m.MsgID, User: m.User, Device: m.Device})
+		}
+		want = append(want, m.Acks...)
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("DecodeAcks %q: %+v, encoding/json %+v", data, got, want)
+		}
 	})
 }
 
@@ -63,7 +81,11 @@ func FuzzAppendBus(f *testing.F) {
 	f.Add("", "\xff", "", uint64(0), int64(0), false, -1)
 	f.Fuzz(func(t *testing.T, s, body, conv string, seq uint64, n int64, flag bool, targets int) {
 		sm := bus.StoredMessage{MsgID: s, Conv: conv, Seq: seq, From: s, FromDevice: body, Group: conv, Body: body, Probe: flag, Trace: s, TS: n, RecvNS: -n}
-		d := bus.Deliver{Node: s, Msg: sm}
+		d := bus.Deliver{Node: s, Msg: sm, AckBatch: flag}
+		batch := bus.DeliverAckBatch{}
+		for i := 0; i < targets%3; i++ {
+			batch.Acks = append(batch.Acks, bus.DeliverAck{MsgID: s, User: conv, Device: body})
+		}
 		for i := 0; i < targets%4; i++ {
 			d.Targets = append(d.Targets, bus.Target{User: s, Device: body})
 		}
@@ -81,6 +103,7 @@ func FuzzAppendBus(f *testing.F) {
 			{sm, bus.AppendStoredMessage(nil, &sm)},
 			{d, bus.AppendDeliver(nil, &d)},
 			{bus.DeliverAck{MsgID: s, User: conv, Device: body}, bus.AppendDeliverAck(nil, &bus.DeliverAck{MsgID: s, User: conv, Device: body})},
+			{batch, bus.AppendDeliverAckBatch(nil, &batch)},
 		}
 		for _, c := range cases {
 			want, err := json.Marshal(c.v)

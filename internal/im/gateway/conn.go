@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -113,7 +114,7 @@ type conn struct {
 	presenceRev atomic.Uint64
 
 	ackMu    sync.Mutex
-	ackNode  map[string]string // msg id -> logic node awaiting its deliver_ack
+	ackNode  map[string]ackTo // msg id -> logic node awaiting its deliver_ack
 	ackOrder []string
 }
 
@@ -159,30 +160,46 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// readFrame reads one text frame of at most MaxFrameBytes. It passes no
+// readFrame reads one text frame of at most MaxFrameBytes into buf (reused
+// from frame to frame: decoding copies what it keeps). It passes no
 // cancellable context, which would cost a registration per frame: the
 // sweeper and close end a read by closing the connection.
-func (c *conn) readFrame() ([]byte, error) {
+func (c *conn) readFrame(buf []byte) ([]byte, error) {
 	typ, r, err := c.ws.Reader(context.Background())
 	if err != nil {
-		return nil, err
+		return buf, err
 	}
-	data, err := io.ReadAll(io.LimitReader(r, protocol.MaxFrameBytes+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > protocol.MaxFrameBytes {
-		return nil, protocol.Errorf(protocol.CodeFrameTooLarge, "frame is over the limit of %d bytes", protocol.MaxFrameBytes)
+	buf = buf[:0]
+	for {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, 512)
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if len(buf) > protocol.MaxFrameBytes {
+			return buf, protocol.Errorf(protocol.CodeFrameTooLarge, "frame is over the limit of %d bytes", protocol.MaxFrameBytes)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return buf, err
+		}
 	}
 	if typ != websocket.MessageText {
-		return nil, protocol.Errorf(protocol.CodeBadFrame, "frames are JSON text; got a binary frame")
+		return buf, protocol.Errorf(protocol.CodeBadFrame, "frames are JSON text; got a binary frame")
 	}
-	return data, nil
+	return buf, nil
 }
 
 func (c *conn) readLoop() {
+	var buf []byte
 	for {
-		data, err := c.readFrame()
+		if cap(buf) > 4096 { // a large frame is over: do not keep its memory
+			buf = nil
+		}
+		data, err := c.readFrame(buf)
+		buf = data
 		var perr *protocol.Error
 		if errors.As(err, &perr) && perr.Code == protocol.CodeFrameTooLarge {
 			c.g.m.Frame("in", "invalid")
@@ -424,21 +441,26 @@ func (c *conn) forwardGroup(f protocol.Frame) {
 func (c *conn) forwardAck(f protocol.Frame) {
 	c.g.m.Request("deliver_ack")
 	c.ackMu.Lock()
-	node, ok := c.ackNode[f.MsgID]
+	to, ok := c.ackNode[f.MsgID]
 	delete(c.ackNode, f.MsgID)
 	c.ackMu.Unlock()
 	if !ok {
 		return // delivered by sync, or acked already: nobody waits for it
 	}
-	_ = c.g.nc.Publish(bus.AckSubject(node), bus.AppendDeliverAck(nil, &bus.DeliverAck{MsgID: f.MsgID, User: c.user, Device: c.device}))
+	a := bus.DeliverAck{MsgID: f.MsgID, User: c.user, Device: c.device}
+	if to.batch {
+		c.g.acks.add(to.node, a)
+		return
+	}
+	_ = c.g.nc.Publish(bus.AckSubject(to.node), bus.AppendDeliverAck(nil, &a))
 }
 
 // deliver queues a pushed message; a client too slow to take it is closed,
 // and gets the message again by sync when it reconnects.
-func (c *conn) deliver(frame []byte, msgID, node, kind string, start time.Time) {
+func (c *conn) deliver(frame []byte, msgID string, to ackTo, kind string, start time.Time) {
 	c.ackMu.Lock()
 	if c.ackNode == nil {
-		c.ackNode = map[string]string{}
+		c.ackNode = map[string]ackTo{}
 	}
 	if _, ok := c.ackNode[msgID]; !ok {
 		if len(c.ackOrder) >= maxPendingAcks {
@@ -448,7 +470,7 @@ func (c *conn) deliver(frame []byte, msgID, node, kind string, start time.Time) 
 		}
 		c.ackOrder = append(c.ackOrder, msgID)
 	}
-	c.ackNode[msgID] = node
+	c.ackNode[msgID] = to
 	if len(c.ackOrder) > 2*len(c.ackNode)+64 { // compact ids already acked
 		kept := c.ackOrder[:0]
 		for _, id := range c.ackOrder {

@@ -100,6 +100,7 @@ type Gateway struct {
 	sub  *nats.Subscription
 
 	sends sendCalls
+	acks  *ackBatcher
 
 	mu       sync.RWMutex
 	conns    map[string]map[string]*conn // user -> device -> connection
@@ -133,6 +134,7 @@ func New(cfg Config, nc *nats.Conn) (*Gateway, error) {
 		js:        js,
 		epoch:     nuid.Next(),
 		conns:     map[string]map[string]*conn{},
+		acks:      newAckBatcher(nc),
 		live:      map[*conn]struct{}{},
 		mux:       http.NewServeMux(),
 		stopLive:  make(chan struct{}),
@@ -194,6 +196,7 @@ func (g *Gateway) Start(ctx context.Context) error {
 	}()
 	go g.liveLoop()
 	go g.sweepLoop()
+	go g.acks.run()
 	g.log.Info("gateway started", "listen", g.Addr())
 	return nil
 }
@@ -271,6 +274,7 @@ func (g *Gateway) Stop(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 	}
+	g.acks.stop() // sends what the connections acknowledged last
 	_ = g.sub.Unsubscribe()
 	_ = g.sends.sub.Unsubscribe()
 	dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -368,9 +372,10 @@ func (g *Gateway) handleDeliver(m *nats.Msg) {
 	}
 	data := protocol.AppendFrame(make([]byte, 0, 192+len(f.Body)+len(f.Trace)), &f)
 	kind := immetrics.Kind(d.Msg.Group)
+	to := ackTo{node: d.Node, batch: d.AckBatch}
 	for _, t := range d.Targets {
 		if c := g.lookup(t); c != nil {
-			c.deliver(data, d.Msg.MsgID, d.Node, kind, start)
+			c.deliver(data, d.Msg.MsgID, to, kind, start)
 		}
 	}
 }
