@@ -15,7 +15,6 @@ import (
 	"github.com/imwatch/imwatch/internal/im/logic"
 	"github.com/imwatch/imwatch/internal/im/protocol"
 	"github.com/imwatch/imwatch/internal/service"
-	"github.com/nats-io/nats.go"
 )
 
 const stopTimeout = 15 * time.Second
@@ -33,18 +32,17 @@ func (n *natsFlags) register(fs *flag.FlagSet, defaultListen string) {
 	fs.StringVar(&n.data, "data", "./imwatch-data", "data directory (embedded NATS store, secret)")
 }
 
-// start returns the NATS URL to use, starting an embedded server into g if
-// needed, and the options that connect to it in process when it is embedded.
-func (n *natsFlags) start(g *service.Group, log *slog.Logger) (string, []nats.Option, error) {
+// start returns the NATS URL to use, starting an embedded server into g if needed.
+func (n *natsFlags) start(g *service.Group, log *slog.Logger) (string, error) {
 	if n.url != "" {
-		return n.url, nil, nil
+		return n.url, nil
 	}
 	emb, err := bus.StartEmbedded(n.listen, n.data, log)
 	if err != nil {
-		return "", nil, err
+		return "", err
 	}
 	_ = g.Start(context.Background(), service.Func{N: "embedded nats", StopFn: func(context.Context) error { emb.Shutdown(); return nil }})
-	return emb.URL(), []nats.Option{emb.InProcess()}, nil
+	return emb.URL(), nil
 }
 
 func runGateway(args []string, stdout, stderr io.Writer) error {
@@ -81,11 +79,11 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	}
 	g := service.NewGroup(log)
 	defer g.Stop(stopTimeout)
-	url, inProcess, err := nf.start(g, log)
+	url, err := nf.start(g, log)
 	if err != nil {
 		return err
 	}
-	nc, err := bus.Connect(url, *id, log, inProcess...)
+	nc, err := bus.Connect(url, *id, log)
 	if err != nil {
 		return err
 	}
@@ -134,11 +132,11 @@ func runLogic(args []string, stdout, stderr io.Writer) error {
 	}
 	g := service.NewGroup(log)
 	defer g.Stop(stopTimeout)
-	url, inProcess, err := nf.start(g, log)
+	url, err := nf.start(g, log)
 	if err != nil {
 		return err
 	}
-	nc, err := bus.Connect(url, *node, log, inProcess...)
+	nc, err := bus.Connect(url, *node, log)
 	if err != nil {
 		return err
 	}

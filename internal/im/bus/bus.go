@@ -204,13 +204,12 @@ func DefaultStoreConfig() StoreConfig {
 	}
 }
 
-// Connect dials NATS for one part of the IM, reconnecting for ever; extra
-// options, such as Embedded.InProcess, come last.
-func Connect(url, name string, log *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
-	opts := []nats.Option{
+// Connect dials NATS for one part of the IM, reconnecting for ever.
+func Connect(url, name string, log *slog.Logger) (*nats.Conn, error) {
+	nc, err := nats.Connect(url,
 		nats.Name(name),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectWait(250*time.Millisecond),
 		nats.RetryOnFailedConnect(false),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
@@ -227,8 +226,7 @@ func Connect(url, name string, log *slog.Logger, extra ...nats.Option) (*nats.Co
 			}
 			log.Debug("nats async error", "subject", subj, "err", err)
 		}),
-	}
-	nc, err := nats.Connect(url, append(opts, extra...)...)
+	)
 	if err != nil {
 		return nil, fmt.Errorf("connect to nats %s: %w", url, err)
 	}

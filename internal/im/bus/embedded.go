@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 )
 
 // Embedded is a NATS server with JetStream running inside this process.
@@ -57,11 +56,6 @@ func StartEmbedded(listen, dataDir string, log *slog.Logger) (*Embedded, error) 
 	log.Info("embedded nats started", "url", srv.ClientURL(), "data", opts.StoreDir)
 	return &Embedded{srv: srv}, nil
 }
-
-// InProcess is the option that connects a client in this process to the
-// embedded server through memory (a net.Pipe) instead of loopback TCP: no
-// system call per read, write or flush on the bus.
-func (e *Embedded) InProcess() nats.Option { return nats.InProcessServer(e.srv) }
 
 // URL is the client URL of the embedded server.
 func (e *Embedded) URL() string { return e.srv.ClientURL() }

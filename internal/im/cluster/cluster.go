@@ -139,11 +139,7 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 }
 
 func (c *Cluster) connect(name string, log *slog.Logger) (*nats.Conn, error) {
-	var extra []nats.Option
-	if c.Embedded != nil {
-		extra = append(extra, c.Embedded.InProcess())
-	}
-	nc, err := bus.Connect(c.NATSURL, name, log, extra...)
+	nc, err := bus.Connect(c.NATSURL, name, log)
 	if err != nil {
 		return nil, err
 	}
