@@ -30,6 +30,9 @@
 #                  a core is noisy: it is run again, up to NOISY_RETRIES times
 #                  (defaults 25 and 2); the last try is kept, marked noisy
 #   OUT            result directory                          (default bench/results/im-delivery-UTCSTAMP)
+#   BIN            directory of another build's imwatch and imwatch-pprof to
+#                  measure, e.g. bench/im-compare.sh's bin/rev-REV (default:
+#                  this tree, built into bin/)
 #
 # Output: OUT/runs.jsonl (every run's report plus the CPU seconds the server
 # and the load generator used), OUT/summary.txt (the tables), OUT/cpu-*.pprof
@@ -63,8 +66,15 @@ fi
 
 mkdir -p "$OUT" bin
 REV=$(git describe --always --dirty 2>/dev/null || cat REVISION 2>/dev/null || echo unknown)
-$GO build -o bin/imwatch ./cmd/imwatch
-$GO build -o bin/imwatch-pprof ./bench/imwatch-pprof
+# BIN: a directory with another build's imwatch and imwatch-pprof (such as
+# bench/im-compare.sh's bin/rev-REV) to measure that instead of this tree.
+BIN=${BIN:-bin}
+if [ "$BIN" = bin ]; then
+	$GO build -o bin/imwatch ./cmd/imwatch
+	$GO build -o bin/imwatch-pprof ./bench/imwatch-pprof
+else
+	REV="$REV, measuring $BIN"
+fi
 CLK_TCK=$(getconf CLK_TCK)
 
 # shellcheck source=bench/im-lib.sh
@@ -103,7 +113,7 @@ bench_once() {
 	wait_quiet
 	start_server
 	f="$OUT/run-$tag"
-	bin/imwatch im bench --data "$DATA" --gateway "$GATEWAYS" --users "$users" --rate "$rate" \
+	"$BIN/imwatch" im bench --data "$DATA" --gateway "$GATEWAYS" --users "$users" --rate "$rate" \
 		--duration "${DURATION}s" --json --log-level info "${@:5}" >"$f.json" 2>"$f.err" &
 	pid=$!
 	sample_cpu "$pid" "$f" $((DURATION - 2)) "$profile" &
@@ -111,8 +121,8 @@ bench_once() {
 	wait "$pid" || true
 	wait "$sampler" || true
 	if [ -n "$profile" ] && [ -s "$OUT/cpu-$profile.pprof" ]; then
-		$GO tool pprof -top -nodecount=40 bin/imwatch-pprof "$OUT/cpu-$profile.pprof" >"$OUT/cpu-$profile.top.txt" 2>/dev/null || true
-		./bench/pprof-split.sh bin/imwatch-pprof "$OUT/cpu-$profile.pprof" >"$OUT/cpu-$profile.split.txt" 2>/dev/null || true
+		$GO tool pprof -top -nodecount=40 "$BIN/imwatch-pprof" "$OUT/cpu-$profile.pprof" >"$OUT/cpu-$profile.top.txt" 2>/dev/null || true
+		./bench/pprof-split.sh "$BIN/imwatch-pprof" "$OUT/cpu-$profile.pprof" >"$OUT/cpu-$profile.split.txt" 2>/dev/null || true
 	fi
 	stop_server
 	rm -f "$f.last"
@@ -191,7 +201,7 @@ idle_memory() {
 	rss0=$(rss_kb "$SERVER_PID")
 	read -r heap0 sys0 < <(curl -s "http://$PPROF/debug/vars" | jq -r '"\(.memstats.HeapInuse) \(.memstats.Sys)"')
 	gor0=$(goroutines)
-	bin/imwatch im bench --data "$DATA" --gateway "$GATEWAYS" --users "$n" --rate 0 --duration 3600s \
+	"$BIN/imwatch" im bench --data "$DATA" --gateway "$GATEWAYS" --users "$n" --rate 0 --duration 3600s \
 		--json --log-level info >"$OUT/idle-$tag.json" 2>"$OUT/idle-$tag.err" &
 	IDLE_PID=$!
 	while ! grep -q "all users connected" "$OUT/idle-$tag.err"; do
@@ -208,7 +218,7 @@ idle_memory() {
 	read -r heap1 sys1 < <(curl -s "http://$PPROF/debug/vars" | jq -r '"\(.memstats.HeapInuse) \(.memstats.Sys)"')
 	gor1=$(goroutines)
 	curl -s -o "$OUT/heap-idle-$tag.pprof" "http://$PPROF/debug/pprof/heap"
-	$GO tool pprof -sample_index=inuse_space -top -nodecount=25 bin/imwatch-pprof "$OUT/heap-idle-$tag.pprof" >"$OUT/heap-idle-$tag.top.txt" 2>/dev/null || true
+	$GO tool pprof -sample_index=inuse_space -top -nodecount=25 "$BIN/imwatch-pprof" "$OUT/heap-idle-$tag.pprof" >"$OUT/heap-idle-$tag.top.txt" 2>/dev/null || true
 	lgrss=$(rss_kb "$IDLE_PID")
 	kill -TERM "$IDLE_PID"
 	wait "$IDLE_PID" || true
