@@ -26,8 +26,20 @@ SERVER_PID=""
 DATA=""
 
 # start_server: a fresh `$BIN/imwatch-pprof up` on free ports. Sets DATA,
-# PPROF, GATEWAYS and SERVER_PID.
+# PPROF, GATEWAYS and SERVER_PID. Tries again on other ports when one was
+# taken meanwhile by another process on this shared machine.
 start_server() {
+	local try
+	for try in 1 2 3; do
+		start_server_once && return
+		stop_server
+	done
+	echo "imwatch up did not start three times; the last error:" >&2
+	cat "${LAST_UP_ERR:-/dev/null}" >&2
+	exit 1
+}
+
+start_server_once() {
 	local bin=${BIN:-bin}
 	DATA=$(mktemp -d "${TMPDIR:-/tmp}/imwatch-bench.XXXXXX")
 	local gw nats center
@@ -44,13 +56,14 @@ start_server() {
 		>"$DATA/up.out" 2>"$DATA/up.err" &
 	SERVER_PID=$!
 	for _ in $(seq 300); do
-		grep -q "imwatch is up" "$DATA/up.out" 2>/dev/null && return
+		grep -q "imwatch is up" "$DATA/up.out" 2>/dev/null && return 0
 		kill -0 "$SERVER_PID" 2>/dev/null || break
 		sleep 0.1
 	done
-	echo "imwatch up did not start:" >&2
-	cat "$DATA/up.err" >&2
-	exit 1
+	LAST_UP_ERR=${TMPDIR:-/tmp}/imwatch-bench-up.err
+	cp "$DATA/up.err" "$LAST_UP_ERR" 2>/dev/null || true
+	log "imwatch up did not start: $(tail -1 "$DATA/up.err" 2>/dev/null)"
+	return 1
 }
 
 stop_server() {
