@@ -1,7 +1,8 @@
 // Package center is the monitoring center: it stores metrics in Prometheus's
 // tsdb, scrapes static targets, receives remote write, evaluates Prometheus
 // rule files, sends alerts to Alertmanagers and webhooks, writes onward to
-// other Prometheus-compatible stores, and serves Prometheus's HTTP API.
+// other Prometheus-compatible stores, and serves Prometheus's HTTP API. It
+// also receives OTLP traces, stores them and serves the trace query API.
 package center
 
 import (
@@ -62,6 +63,7 @@ type Center struct {
 	writers  *remotewrite.Writers
 	api      *api.API
 	token    atomic.Pointer[string]
+	traces   *traceSide
 
 	ln       net.Listener
 	srv      *http.Server
@@ -146,6 +148,10 @@ func (c *Center) Start(ctx context.Context) (err error) {
 	c.receiver = remotewrite.NewReceiver(c.store, durable, cfg.Receiver, c.reg, c.base.With("component", "remote-write"))
 	c.setToken(cfg.Auth.BearerToken)
 
+	if err := c.startTraces(cfg); err != nil {
+		return err
+	}
+
 	c.api = &api.API{Queryable: c.store, Parser: c.parser, Log: c.base.With("component", "api")}
 	c.api.SetEngine(c.newEngine(cfg))
 
@@ -215,6 +221,7 @@ func (c *Center) cleanupFailedStart() {
 	if c.writers != nil {
 		c.writers.Stop(context.Background())
 	}
+	_ = c.stopTraces()
 	if c.store != nil {
 		_ = c.store.Close()
 	}
@@ -243,6 +250,9 @@ func (c *Center) Stop(ctx context.Context) error {
 		c.rules.Stop()
 		c.notifier.Stop()
 		c.writers.Stop(ctx)
+		if err := c.stopTraces(); err != nil {
+			errs = append(errs, err)
+		}
 		if err := c.store.Close(); err != nil {
 			errs = append(errs, err)
 		}
@@ -355,6 +365,7 @@ func (c *Center) ApplyConfig(cfg config.Config) (err error) {
 	if cfg.Storage.WALFsync != old.Storage.WALFsync {
 		immutable = append(immutable, "storage.wal_fsync")
 	}
+	immutable = append(immutable, traceImmutable(&cfg, old)...)
 	if len(immutable) > 0 {
 		return fmt.Errorf("reload refused, the running config is kept: %s %w", strings.Join(immutable, ", "), ErrImmutable)
 	}
@@ -381,6 +392,7 @@ func (c *Center) ApplyConfig(cfg config.Config) (err error) {
 		c.api.SetEngine(c.newEngine(&cfg))
 	}
 	c.receiver.SetLimits(cfg.Receiver)
+	c.applyTraces(&cfg)
 	c.notifier.ApplyConfig(c.alertingConfig(&cfg))
 	c.writers.ApplyConfig(context.Background(), cfg.RemoteWrite)
 	if len(cfg.RemoteWrite) > 0 {
@@ -464,6 +476,7 @@ func (c *Center) routes() http.Handler {
 	mux := http.NewServeMux()
 	auth := c.requireToken
 	c.api.Register(mux, auth)
+	c.traceRoutes(mux, auth)
 	mux.Handle("POST /api/v1/write", auth(c.receiver))
 	mux.Handle("/api/v1/write", auth(c.receiver)) // 405 for other methods
 	mux.Handle("GET /metrics", auth(promhttp.HandlerFor(c.gatherers(), promhttp.HandlerOpts{})))
@@ -485,7 +498,7 @@ func (c *Center) routes() http.Handler {
 	mux.Handle("PUT /-/reload", reload)
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintln(w, "imwatch center: Prometheus-compatible API under /api/v1/, remote write at /api/v1/write, metrics at /metrics.")
+		fmt.Fprintln(w, "imwatch center: Prometheus-compatible API under /api/v1/, remote write at /api/v1/write, OTLP traces at /v1/traces, trace queries at /api/traces, metrics at /metrics.")
 	})
 	return mux
 }
