@@ -7,9 +7,13 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"net/url"
+	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -603,5 +607,77 @@ func TestBrokenTraces(t *testing.T) {
 		if s.MissingParent {
 			t.Errorf("span %s still marked after its parent came", s.Name)
 		}
+	}
+}
+
+// TestKill9KeepsAcknowledgedSpans: every span of every OTLP request
+// answered 2xx is there after the center is killed with SIGKILL right after
+// the last answer, while other requests are still in flight.
+func TestKill9KeepsAcknowledgedSpans(t *testing.T) {
+	for _, fsync := range []bool{true, false} {
+		t.Run(fmt.Sprintf("wal_fsync=%v", fsync), func(t *testing.T) {
+			dir := t.TempDir()
+			cfgFile := filepath.Join(dir, "center.yml")
+			writeFile(t, cfgFile, fmt.Sprintf("storage: {path: data/tsdb}\ntraces: {wal_fsync: %v, head_max_spans: 200}\n", fsync))
+			ch := startChild(t, cfgFile)
+
+			const workers, spansPer, target = 4, 5, 300
+			base := time.Now().Add(-time.Minute)
+			var acked sync.Map // trace hex -> true
+			var n atomic.Int64
+			var killed atomic.Bool
+			var wg sync.WaitGroup
+			for w := 0; w < workers; w++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for j := 0; !killed.Load(); j++ {
+						tr := fmt.Sprintf("%08x%08x%016x", w+1, j+1, 0xfeed)
+						var spans []*tracepb.Span
+						for k := 0; k < spansPer; k++ {
+							parent := ""
+							if k > 0 {
+								parent = fmt.Sprintf("%016x", k)
+							}
+							spans = append(spans, span(tr, fmt.Sprintf("%016x", k+1), parent, "hop", tracepb.Span_SPAN_KIND_INTERNAL, base.Add(time.Duration(k)*time.Millisecond), time.Millisecond))
+						}
+						body := pb(t, request("kill-test", "i", spans...))
+						req, _ := http.NewRequest(http.MethodPost, ch.url+"/v1/traces", bytes.NewReader(body))
+						req.Header.Set("Content-Type", "application/x-protobuf")
+						resp, err := writeClient.Do(req)
+						if err != nil {
+							continue
+						}
+						resp.Body.Close()
+						if resp.StatusCode != 200 || killed.Load() {
+							continue
+						}
+						acked.Store(tr, true)
+						if n.Add(1) == target && killed.CompareAndSwap(false, true) {
+							_ = ch.cmd.Process.Kill() // SIGKILL, right after the answer
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			<-ch.exit
+
+			ch = startChild(t, cfgFile)
+			missing := 0
+			acked.Range(func(k, _ any) bool {
+				code, got := getTraces(t, ch.url, "/api/traces/"+k.(string))
+				if code != 200 || len(got.Traces[0].Spans) != spansPer {
+					missing++
+					if missing < 5 {
+						t.Errorf("trace %s was acknowledged; after kill -9: %d %+v", k, code, got)
+					}
+				}
+				return true
+			})
+			if missing > 0 {
+				t.Errorf("%d acknowledged requests lost spans", missing)
+			}
+			t.Logf("%d requests acknowledged before kill -9, all there after restart", n.Load())
+		})
 	}
 }

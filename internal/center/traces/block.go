@@ -391,10 +391,10 @@ func readStrings(b []byte, i int) ([]string, int, error) {
 func (b *block) close() error { return syscall.Munmap(b.data) }
 
 type traceEntryT struct {
-	id               TraceID
-	chunk, off, n    uint32
-	start, end       int64
-	tabOff, spans    uint32
+	id            TraceID
+	chunk, off, n uint32
+	start, end    int64
+	tabOff, spans uint32
 }
 
 func (b *block) entry(ord int) traceEntryT {
@@ -517,7 +517,7 @@ func (b *block) search(q *Query, top *topTraces) {
 	}
 	consider := func(ord int) {
 		e := b.entry(ord)
-		if !q.inRange(e.start) {
+		if !q.overlaps(e.start, e.end) {
 			return
 		}
 		if q.spanLevel() && !b.spanHit(q, e, svc) {

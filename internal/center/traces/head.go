@@ -121,18 +121,16 @@ func (h *head) search(q *Query, top *topTraces) {
 }
 
 func (h *head) consider(q *Query, top *topTraces, id TraceID, idx []int32) {
-	start := int64(1<<63 - 1)
+	start, end := int64(1<<63-1), int64(0)
 	hit := !q.spanLevel()
 	for _, i := range idx {
 		r := &h.recs[i]
-		if r.Start < start {
-			start = r.Start
-		}
+		start, end = min(start, r.Start), max(end, r.End)
 		if !hit && q.spanMatches(r.Service, r.Name, r.End-r.Start, r.Error) {
 			hit = true
 		}
 	}
-	if hit && q.inRange(start) {
+	if hit && q.overlaps(start, end) {
 		top.add(TraceRef{ID: id, Start: start})
 	}
 }

@@ -72,7 +72,8 @@ func (r *Record) Duration() time.Duration { return time.Duration(r.End - r.Start
 // Query selects traces: a trace matches when one of its spans has the
 // service, operation, minimum duration and error state asked for (all of
 // them on the same span), and, when asked, one of its spans carries the
-// message id or the user. Start and End bound the trace's start.
+// message id or the user. Start and End select the traces with a span in
+// that time (its start to its end overlapping them).
 type Query struct {
 	Service     string
 	Operation   string
@@ -127,8 +128,9 @@ func (q *Query) spanLevel() bool {
 	return q.Service != "" || q.Operation != "" || q.MinDuration > 0 || q.Error != nil
 }
 
-func (q *Query) inRange(start int64) bool {
-	if !q.Start.IsZero() && start < q.Start.UnixNano() {
+// overlaps reports whether [start, end] overlaps the query's time range.
+func (q *Query) overlaps(start, end int64) bool {
+	if !q.Start.IsZero() && end < q.Start.UnixNano() {
 		return false
 	}
 	if !q.End.IsZero() && start > q.End.UnixNano() {
