@@ -41,6 +41,7 @@ type DiskStore struct {
 	cutting []*head // full heads being written into blocks, oldest first
 	blocks  []*block
 	closed  bool
+	cutErr  error // of the last block write that failed
 
 	cutCond *sync.Cond // on mu: signalled when cutting shrinks
 	kick    chan struct{}
@@ -352,11 +353,16 @@ func (s *DiskStore) writeBlocks() {
 			// The head stays in memory and in the WAL; try again later.
 			s.m.errors.WithLabelValues("block_write").Inc()
 			s.log.Error("write trace block", "block", path, "err", err)
+			s.mu.Lock()
+			s.cutErr = err
+			s.cutCond.Broadcast()
+			s.mu.Unlock()
 			return
 		}
 		s.mu.Lock()
 		s.blocks = append(s.blocks, b)
 		s.cutting = s.cutting[1:]
+		s.cutErr = nil
 		s.cutCond.Broadcast()
 		s.mu.Unlock()
 		_ = os.Remove(segName(filepath.Join(s.opts.Dir, "wal"), h.seg))
@@ -459,6 +465,31 @@ func (s *DiskStore) Search(q Query) ([]TraceRef, error) {
 		s.blocks[i].search(&q, top)
 	}
 	return top.result(), nil
+}
+
+// Flush writes the head into a block now and waits until every full head
+// is in a block.
+func (s *DiskStore) Flush() error {
+	s.appendMu.Lock()
+	s.mu.RLock()
+	empty := s.head.len() == 0
+	s.mu.RUnlock()
+	var err error
+	if !empty {
+		err = s.rotate(false)
+	}
+	s.appendMu.Unlock()
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cutErr = nil
+	for len(s.cutting) > 0 && !s.closed && s.cutErr == nil {
+		s.signal()
+		s.cutCond.Wait()
+	}
+	return s.cutErr
 }
 
 // Close stops the block writer, syncs and closes the WAL and unmaps the
