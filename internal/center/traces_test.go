@@ -681,3 +681,79 @@ func TestKill9KeepsAcknowledgedSpans(t *testing.T) {
 		})
 	}
 }
+
+// TestProbeFailures: failed probe rounds come from the trace store, newest
+// first, filtered by target and location.
+func TestProbeFailures(t *testing.T) {
+	c := centertest.Start(t, centertest.Config(t))
+	base := time.Now().Add(-time.Minute)
+	var spans []*tracepb.Span
+	for i, r := range []struct {
+		target, location, reason string
+		failed                   bool
+	}{
+		{"im-main", "eu-1", "ack_timeout", true},
+		{"im-main", "us-1", "", false},
+		{"xmpp", "eu-1", "connect", true},
+		{"im-main", "us-1", "delivery_timeout", true},
+	} {
+		sp := span(traceHex(300+i), spanHex(300+i), "", "im.probe.round", tracepb.Span_SPAN_KIND_CLIENT, base.Add(time.Duration(i)*time.Second), 100*time.Millisecond,
+			"imwatch.probe.target", r.target, "imwatch.probe.protocol", "imwatch", "imwatch.probe.location", r.location, "imwatch.probe.reason", r.reason)
+		if r.failed {
+			sp.Status = &tracepb.Status{Code: tracepb.Status_STATUS_CODE_ERROR, Message: r.reason + " after 5s"}
+		}
+		spans = append(spans, sp)
+	}
+	// A failed span of another name does not count.
+	other := span(traceHex(310), spanHex(310), "", "im.probe.login", tracepb.Span_SPAN_KIND_CLIENT, base, time.Millisecond)
+	other.Status = &tracepb.Status{Code: tracepb.Status_STATUS_CODE_ERROR}
+	spans = append(spans, other)
+	if code, msg := centertest.PostOTLP(t, c.URL(), pb(t, request("imwatch-probe", "eu-1", spans...)), "application/x-protobuf"); code != 200 {
+		t.Fatalf("post: %d %s", code, msg)
+	}
+	type failure struct{ Time, Target, Protocol, Location, Reason, Message, TraceID string }
+	get := func(q string) []failure {
+		var out struct {
+			Failures []struct {
+				Time     string `json:"time"`
+				Target   string `json:"target"`
+				Protocol string `json:"protocol"`
+				Location string `json:"location"`
+				Reason   string `json:"reason"`
+				Message  string `json:"message"`
+				TraceID  string `json:"trace_id"`
+			} `json:"failures"`
+		}
+		if code := centertest.GetJSON(t, c.URL(), "/api/probes/failures?"+q, &out); code != 200 {
+			t.Fatalf("GET failures?%s: %d", q, code)
+		}
+		var fs []failure
+		for _, f := range out.Failures {
+			fs = append(fs, failure{f.Time, f.Target, f.Protocol, f.Location, f.Reason, f.Message, f.TraceID})
+		}
+		return fs
+	}
+	end := func(i int) string { return rfc(base.Add(time.Duration(i)*time.Second + 100*time.Millisecond)) }
+	f3 := failure{end(3), "im-main", "imwatch", "us-1", "delivery_timeout", "delivery_timeout after 5s", traceHex(303)}
+	f2 := failure{end(2), "xmpp", "imwatch", "eu-1", "connect", "connect after 5s", traceHex(302)}
+	f0 := failure{end(0), "im-main", "imwatch", "eu-1", "ack_timeout", "ack_timeout after 5s", traceHex(300)}
+	for _, tc := range []struct {
+		q    string
+		want []failure
+	}{
+		{"", []failure{f3, f2, f0}},
+		{"limit=2", []failure{f3, f2}},
+		{"target=im-main", []failure{f3, f0}},
+		{"location=eu-1", []failure{f2, f0}},
+		{"target=im-main&location=eu-1", []failure{f0}},
+		{"target=none", nil},
+	} {
+		if got := get(tc.q); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("failures?%s:\n got %+v\nwant %+v", tc.q, got, tc.want)
+		}
+	}
+	var e struct{ Error string }
+	if code := centertest.GetJSON(t, c.URL(), "/api/probes/failures?since=1", &e); code != 400 || !strings.Contains(e.Error, "since") {
+		t.Errorf("unknown parameter: %d %q", code, e.Error)
+	}
+}

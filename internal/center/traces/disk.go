@@ -462,7 +462,13 @@ func (s *DiskStore) Search(q Query) ([]TraceRef, error) {
 		h.search(&q, top)
 	}
 	for i := len(s.blocks) - 1; i >= 0; i-- {
-		s.blocks[i].search(&q, top)
+		b := s.blocks[i]
+		// A block whose spans all ended before the newest limit traces
+		// found so far started cannot add one.
+		if floor, full := top.floor(); full && b.meta.maxT < floor {
+			continue
+		}
+		b.search(&q, top)
 	}
 	return top.result(), nil
 }

@@ -177,3 +177,13 @@ func (t *topTraces) prune(n int) []TraceRef {
 }
 
 func (t *topTraces) result() []TraceRef { return t.prune(t.limit) }
+
+// floor is the start a trace needs to make it into the result once limit
+// traces are in; ok is false before that.
+func (t *topTraces) floor() (int64, bool) {
+	if len(t.m) < t.limit {
+		return 0, false
+	}
+	refs := t.prune(t.limit)
+	return refs[len(refs)-1].Start, true
+}
