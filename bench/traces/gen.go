@@ -6,23 +6,46 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"github.com/nats-io/nuid"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 )
 
+const base62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+// msgID makes a message id the way nuid (the logic node's) does, 22
+// base-62 digits: a random prefix of 12, renewed every 100,000 ids here,
+// and a sequence of 10 with random increments; seeded, so that every run
+// and every design gets the same ids.
+func (g *gen) msgID() string {
+	if g.n%100_000 == 1 || g.prefix == nil {
+		g.prefix = make([]byte, 12)
+		for i := range g.prefix {
+			g.prefix[i] = base62[g.rnd.IntN(62)]
+		}
+	}
+	g.seq += 33 + int64(g.rnd.IntN(300))
+	b := append(make([]byte, 0, 22), g.prefix...)
+	for i, s := 0, g.seq; i < 10; i++ {
+		b = append(b, base62[s%62])
+		s /= 62
+	}
+	return string(b)
+}
+
 // gen makes the traces of IM messages as the instrumented reference IM
 // sends them: eight spans per message (client send, gateway receive, logic
 // handle, store append, gateway push, client receive, client ack, logic
 // ack) with the attributes of CONTRACTS.md, random trace and span ids and
-// server message ids from nuid, as the logic node makes them.
+// server message ids shaped like the logic node's (nuid).
 type gen struct {
-	rnd   *rand.Rand
-	users int
-	now   time.Time
-	n     int
+	rnd    *rand.Rand
+	users  int
+	now    time.Time
+	n      int
+	prefix []byte
+	seq    int64
 }
 
 func newGen(seed uint64, users int) *gen {
@@ -70,7 +93,7 @@ func (g *gen) request(msgs int, out *[]message) *coltracepb.ExportTraceServiceRe
 		var tid [16]byte
 		binary.LittleEndian.PutUint64(tid[:], g.rnd.Uint64())
 		binary.LittleEndian.PutUint64(tid[8:], g.rnd.Uint64())
-		msgID := nuid.Next()
+		msgID := g.msgID()
 		if out != nil {
 			*out = append(*out, message{tid, msgID})
 		}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -147,7 +148,7 @@ func (p *pebbleStore) Flush() error {
 	if err := p.db.Flush(); err != nil {
 		return err
 	}
-	return p.db.Compact(nil, []byte{0xff}, []byte{0xff, 0xff}, true)
+	return p.db.Compact(context.Background(), []byte{0}, []byte{0xff}, true)
 }
 
 func (p *pebbleStore) Close() error { return p.db.Close() }

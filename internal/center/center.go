@@ -204,7 +204,7 @@ func (c *Center) Start(ctx context.Context) (err error) {
 	c.ready.Store(true)
 	c.log.Info("center ready", "listen", c.Addr(), "storage", cfg.Storage.Path, "targets", len(cfg.Scrape.Targets)+len(c.extra),
 		"rule_files", len(files), "alertmanagers", len(cfg.Alerting.Alertmanagers), "webhooks", len(cfg.Alerting.Webhooks),
-		"remote_write", len(cfg.RemoteWrite), "auth", cfg.Auth.BearerToken != "")
+		"remote_write", len(cfg.RemoteWrite), "auth", cfg.Auth.BearerToken != "", "traces", cfg.TracesPath(), "otlp_grpc", c.OTLPGRPCAddr())
 	return nil
 }
 

@@ -116,7 +116,7 @@ func writeBlock(path string, h *head) (int64, error) {
 	}
 	var nSpans uint64
 	for ord, id := range ids {
-		idx := h.traces[id]
+		idx := slices.Clone(h.traces[id]) // readers of the head use the original
 		slices.SortFunc(idx, func(a, b int32) int { return cmp.Compare(h.recs[a].Start, h.recs[b].Start) })
 		if len(chunk) >= chunkTarget {
 			flush()

@@ -39,7 +39,7 @@ func ListenGRPC(addr string, recv *Receiver, token func() string, maxMsg int, lo
 		return nil, fmt.Errorf("otlp/grpc listen %s: %w", addr, err)
 	}
 	g := &GRPCServer{recv: recv, token: token, ln: ln, log: log, done: make(chan struct{})}
-	g.srv = grpc.NewServer(grpc.MaxRecvMsgSize(maxMsg), grpc.MaxConcurrentStreams(256))
+	g.srv = grpc.NewServer(grpc.MaxRecvMsgSize(maxMsg), grpc.MaxConcurrentStreams(16))
 	coltracepb.RegisterTraceServiceServer(g.srv, g)
 	go func() {
 		defer close(g.done)
