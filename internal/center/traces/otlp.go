@@ -198,10 +198,10 @@ func Convert(req *coltracepb.ExportTraceServiceRequest, lim Limits, now time.Tim
 		}
 		for j, ss := range rs.GetScopeSpans() {
 			for k, sp := range ss.GetSpans() {
-				path := fmt.Sprintf("resource_spans[%d].scope_spans[%d].spans[%d]", i, j, k)
-				if err := checkSpan(sp, path); err != nil {
+				if err := checkSpan(sp, spanPath{i, j, k}); err != nil {
 					return Converted{}, err
 				}
+				path := spanPath{i, j, k}
 				start, end := int64(sp.StartTimeUnixNano), int64(sp.EndTimeUnixNano)
 				if lim.Retention > 0 && end < nowNs-lim.Retention {
 					out.Dropped++
@@ -278,15 +278,22 @@ func anyString(v *commonpb.AnyValue) string {
 	return ""
 }
 
-func checkSpan(sp *tracepb.Span, path string) error {
-	if err := checkID(sp.TraceId, 16, path+".trace_id", false); err != nil {
-		return err
+// spanPath names a span of a request in errors; it is formatted only then.
+type spanPath struct{ rs, ss, sp int }
+
+func (p spanPath) String() string {
+	return fmt.Sprintf("resource_spans[%d].scope_spans[%d].spans[%d]", p.rs, p.ss, p.sp)
+}
+
+func checkSpan(sp *tracepb.Span, path spanPath) error {
+	if msg := badID(sp.TraceId, 16, false); msg != "" {
+		return badf("%s.trace_id %s", path, msg)
 	}
-	if err := checkID(sp.SpanId, 8, path+".span_id", false); err != nil {
-		return err
+	if msg := badID(sp.SpanId, 8, false); msg != "" {
+		return badf("%s.span_id %s", path, msg)
 	}
-	if err := checkID(sp.ParentSpanId, 8, path+".parent_span_id", true); err != nil {
-		return err
+	if msg := badID(sp.ParentSpanId, 8, true); msg != "" {
+		return badf("%s.parent_span_id %s", path, msg)
 	}
 	if sp.Name == "" {
 		return badf("%s: the span has no name", path)
@@ -307,12 +314,11 @@ func checkSpan(sp *tracepb.Span, path string) error {
 		return badf("%s: unknown span kind %d", path, sp.Kind)
 	}
 	for i, l := range sp.Links {
-		lp := fmt.Sprintf("%s.links[%d]", path, i)
-		if err := checkID(l.TraceId, 16, lp+".trace_id", false); err != nil {
-			return err
+		if msg := badID(l.TraceId, 16, false); msg != "" {
+			return badf("%s.links[%d].trace_id %s", path, i, msg)
 		}
-		if err := checkID(l.SpanId, 8, lp+".span_id", false); err != nil {
-			return err
+		if msg := badID(l.SpanId, 8, false); msg != "" {
+			return badf("%s.links[%d].span_id %s", path, i, msg)
 		}
 	}
 	for i, e := range sp.Events {
@@ -323,22 +329,23 @@ func checkSpan(sp *tracepb.Span, path string) error {
 	return nil
 }
 
-func checkID(id []byte, size int, path string, optional bool) error {
+// badID says what is wrong with an id, or "".
+func badID(id []byte, size int, optional bool) string {
 	if len(id) == 0 && optional {
-		return nil
+		return ""
 	}
 	if len(id) != size {
-		return badf("%s is %d bytes, want %d", path, len(id), size)
+		return fmt.Sprintf("is %d bytes, want %d", len(id), size)
 	}
 	for _, b := range id {
 		if b != 0 {
-			return nil
+			return ""
 		}
 	}
 	if optional {
-		return badf("%s is all zero; leave it empty for a root span", path)
+		return "is all zero; leave it empty for a root span"
 	}
-	return badf("%s is all zero, which is not a valid id", path)
+	return "is all zero, which is not a valid id"
 }
 
 // MediaType is the encoding of a Content-Type, or an error for one OTLP
