@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -280,7 +281,19 @@ func runIngest(args []string) error {
 	clients := fl.Int("clients", 8, "concurrent senders")
 	batch := fl.Int("batch", 512, "spans per request (the SDK's default batch)")
 	fsync := fl.Bool("fsync", true, "traces.wal_fsync")
+	profile := fl.String("cpuprofile", "", "write a CPU profile of the run here")
 	_ = fl.Parse(args)
+	if *profile != "" {
+		f, err := os.Create(*profile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	dir, err := os.MkdirTemp("", "trace-ingest-")
 	if err != nil {
 		return err

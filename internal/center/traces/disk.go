@@ -94,17 +94,17 @@ func OpenDisk(opts DiskOptions, reg prometheus.Registerer, log *slog.Logger) (*D
 			_ = os.Remove(segName(walDir, seg))
 			continue
 		}
-		h := newHead(seg)
+		h := newHead(seg, nil)
 		if err := replaySegment(segName(walDir, seg), log, h.add); err != nil {
 			s.closeBlocks()
 			return nil, fmt.Errorf("replay wal segment %d: %w", seg, err)
 		}
 		maxSeg = seg
-		if len(h.recs) == 0 {
+		if h.n == 0 {
 			_ = os.Remove(segName(walDir, seg))
 			continue
 		}
-		replayed += len(h.recs)
+		replayed += h.n
 		s.cutting = append(s.cutting, h)
 	}
 	s.wal, err = openSegment(walDir, maxSeg+1, opts.Fsync)
@@ -112,7 +112,7 @@ func OpenDisk(opts DiskOptions, reg prometheus.Registerer, log *slog.Logger) (*D
 		s.closeBlocks()
 		return nil, err
 	}
-	s.head = newHead(maxSeg + 1)
+	s.head = newHead(maxSeg+1, nil)
 	s.initMetrics(reg)
 	log.Info("trace store open", "dir", opts.Dir, "blocks", len(s.blocks), "wal_spans_replayed", replayed,
 		"retention", opts.Retention, "retention_size", opts.RetentionSize, "fsync", opts.Fsync, "took", time.Since(start).Round(time.Millisecond))
@@ -280,7 +280,7 @@ func (s *DiskStore) rotate(wait bool) error {
 	s.wal = next
 	s.mu.Lock()
 	s.cutting = append(s.cutting, s.head)
-	s.head = newHead(next.seg)
+	s.head = newHead(next.seg, s.head)
 	for wait && len(s.cutting) > 2 && !s.closed {
 		s.cutCond.Wait()
 	}

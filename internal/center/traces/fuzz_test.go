@@ -77,7 +77,7 @@ func FuzzWALRecord(f *testing.F) {
 // FuzzBlock: a damaged block file is refused or read, never a panic.
 func FuzzBlock(f *testing.F) {
 	dir := f.TempDir()
-	h := newHead(0)
+	h := newHead(0, nil)
 	c, _ := Convert(messageTrace(1, time.Unix(1_700_000_000, 0)), Limits{}, time.Unix(1_700_000_000, 0), 0)
 	h.add(c.Records)
 	path := filepath.Join(dir, "seed.blk")

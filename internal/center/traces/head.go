@@ -14,8 +14,9 @@ type head struct {
 	mu      sync.RWMutex
 	seg     int
 	created time.Time
-	recs    []Record
-	traces  map[TraceID][]int32 // indexes into recs
+	chunks  [][]Record          // the spans, in chunks (no copying as it grows)
+	n       int                 // spans held
+	traces  map[TraceID][]int32 // indexes into the chunks
 	msg     map[string][]TraceID
 	user    map[string][]TraceID
 	strs    map[string]string // interned services, instances, names
@@ -24,12 +25,24 @@ type head struct {
 	maxT    int64
 }
 
-func newHead(seg int) *head {
+const headChunk = 8192
+
+// newHead makes a head for segment seg, its maps sized like prev's (the
+// head before it, or nil), which saves growing them span by span.
+func newHead(seg int, prev *head) *head {
+	nt, nm, nu := 0, 0, 0
+	if prev != nil {
+		prev.mu.RLock()
+		nt, nm, nu = len(prev.traces), len(prev.msg), len(prev.user)
+		prev.mu.RUnlock()
+	}
 	return &head{
 		seg: seg, created: time.Now(),
-		traces: map[TraceID][]int32{}, msg: map[string][]TraceID{}, user: map[string][]TraceID{}, strs: map[string]string{},
+		traces: make(map[TraceID][]int32, nt), msg: make(map[string][]TraceID, nm), user: make(map[string][]TraceID, nu), strs: map[string]string{},
 	}
 }
+
+func (h *head) rec(i int32) *Record { return &h.chunks[i/headChunk][i%headChunk] }
 
 func (h *head) intern(s string) string {
 	if v, ok := h.strs[s]; ok {
@@ -47,8 +60,13 @@ func (h *head) add(recs []Record) {
 	for i := range recs {
 		r := recs[i]
 		r.Service, r.Instance, r.Name = h.intern(r.Service), h.intern(r.Instance), h.intern(r.Name)
-		idx := int32(len(h.recs))
-		h.recs = append(h.recs, r)
+		idx := int32(h.n)
+		if h.n%headChunk == 0 {
+			h.chunks = append(h.chunks, make([]Record, 0, headChunk))
+		}
+		c := &h.chunks[len(h.chunks)-1]
+		*c = append(*c, r)
+		h.n++
 		h.traces[r.TraceID] = append(h.traces[r.TraceID], idx)
 		if r.MsgID != "" {
 			h.msg[r.MsgID] = appendUnique(h.msg[r.MsgID], r.TraceID)
@@ -78,14 +96,14 @@ func appendUnique(ids []TraceID, id TraceID) []TraceID {
 func (h *head) len() int {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	return len(h.recs)
+	return h.n
 }
 
 func (h *head) trace(id TraceID, out []Record) []Record {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	for _, i := range h.traces[id] {
-		out = append(out, h.recs[i])
+		out = append(out, *h.rec(i))
 	}
 	return out
 }
@@ -124,7 +142,7 @@ func (h *head) consider(q *Query, top *topTraces, id TraceID, idx []int32) {
 	start, end := int64(1<<63-1), int64(0)
 	hit := !q.spanLevel()
 	for _, i := range idx {
-		r := &h.recs[i]
+		r := h.rec(i)
 		start, end = min(start, r.Start), max(end, r.End)
 		if !hit && q.spanMatches(r.Service, r.Name, r.End-r.Start, r.Error) {
 			hit = true
