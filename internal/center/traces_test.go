@@ -757,3 +757,51 @@ func TestProbeFailures(t *testing.T) {
 		t.Errorf("unknown parameter: %d %q", code, e.Error)
 	}
 }
+
+// TestTraceAuth: with a bearer token configured, OTLP (HTTP and gRPC) and
+// the trace API want it, as the rest of the API does.
+func TestTraceAuth(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "token")
+	writeFile(t, tokenFile, "s3cret-token\n")
+	cfg := centertest.Config(t)
+	cfg.Auth.BearerTokenFile = tokenFile
+	cfg.Traces.GRPCListen = "127.0.0.1:0"
+	if err := cfg.Resolve(dir); err != nil {
+		t.Fatal(err)
+	}
+	c := centertest.Start(t, cfg)
+	body := pb(t, request("svc", "i", span(traceHex(400), spanHex(400), "", "x", 0, time.Now().Add(-time.Second), time.Millisecond)))
+	for _, h := range [][]string{nil, {"Authorization", "Bearer wrong"}} {
+		if code, msg := centertest.PostOTLP(t, c.URL(), body, "application/x-protobuf", h...); code != 401 {
+			t.Errorf("OTLP/HTTP with %v: %d %s", h, code, msg)
+		}
+	}
+	for _, p := range []string{"/api/traces/" + traceHex(400), "/api/traces?limit=1", "/api/probes/failures"} {
+		var e struct{ ErrorType string }
+		if code := centertest.GetJSON(t, c.URL(), p, &e); code != 401 || e.ErrorType != "unauthorized" {
+			t.Errorf("GET %s without token: %d %+v", p, code, e)
+		}
+	}
+	if code, msg := centertest.PostOTLP(t, c.URL(), body, "application/x-protobuf", "Authorization", "Bearer s3cret-token"); code != 200 {
+		t.Errorf("OTLP/HTTP with the token: %d %s", code, msg)
+	}
+	send := func(headers map[string]string) error {
+		exp, err := otlptracegrpc.New(context.Background(), otlptracegrpc.WithEndpoint(c.OTLPGRPCAddr()), otlptracegrpc.WithInsecure(),
+			otlptracegrpc.WithHeaders(headers), otlptracegrpc.WithRetry(otlptracegrpc.RetryConfig{Enabled: false}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer exp.Shutdown(context.Background())
+		tp, rec := sdkProvider(t, exp, "grpc-auth", "i")
+		_, s := tp.Tracer("t").Start(context.Background(), "op")
+		s.End()
+		return exp.ExportSpans(context.Background(), rec.Ended())
+	}
+	if err := send(nil); err == nil || !strings.Contains(err.Error(), "Unauthenticated") {
+		t.Errorf("OTLP/gRPC without the token: %v", err)
+	}
+	if err := send(map[string]string{"authorization": "Bearer s3cret-token"}); err != nil {
+		t.Errorf("OTLP/gRPC with the token: %v", err)
+	}
+}
