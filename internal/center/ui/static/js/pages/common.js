@@ -1,0 +1,61 @@
+// What the pages share: charts filled from range queries, PromQL string
+// quoting, and instant values.
+
+import {h, labelText} from '../dom.js';
+import {prom, matrix} from '../api.js';
+import {Chart} from '../chart.js';
+
+// q quotes a label value for PromQL.
+export const q = (v) => JSON.stringify(String(v));
+
+// Probe metrics: the names of issue 6 first, the names the default rules
+// were written with as a fallback (docs/ui.md). Each takes f(metric name)
+// and gives the union of f over both names.
+const either = (a, b) => (f) => `(${f(a)} or ${f(b)})`;
+export const PROBE = {
+  success: either('probe_success', 'imwatch_probe_success'),
+  latencyBucket: either('probe_e2e_latency_seconds_bucket', 'imwatch_probe_round_trip_seconds_bucket'),
+};
+
+// chart makes a Chart whose drag sets the page's range.
+export function chart(ctx, opts) {
+  return new Chart({...opts, onSelect: (a, b) => ctx.setRange(a, b)});
+}
+
+// fill runs the range queries of specs [{q: (r) => promql, name: (metric) => legend}]
+// and draws their series in c. Errors show in the chart, as text.
+export async function fill(ctx, c, specs, emptyText) {
+  const r = ctx.range();
+  try {
+    const results = await Promise.all(specs.map((sp) => prom.range(sp.q(r), r.start, r.end, r.step, ctx.signal)));
+    const series = results.flatMap((res, i) => matrix(res, (m) => {
+      const n = specs[i].name ? specs[i].name(m) : undefined;
+      return n === undefined || n === null || n === '' ? labelText(m) : String(n);
+    }));
+    c.setData(series, r, emptyText);
+  } catch (e) {
+    if (e.name === 'AbortError') return;
+    c.setMessage(e.message, 'error');
+  }
+}
+
+// instant runs an instant query at the end of the page's range and returns
+// its result vector ([] on error, with the error in onError).
+export async function instant(ctx, query, onError) {
+  try {
+    const d = await prom.query(query, ctx.range().live ? undefined : ctx.range().end, ctx.signal);
+    return d.result || [];
+  } catch (e) {
+    if (e.name === 'AbortError') throw e;
+    if (onError) onError(e);
+    return [];
+  }
+}
+
+export function grid(...kids) {
+  return h('div.grid', null, kids);
+}
+
+export function section(title, ...kids) {
+  return h('section.block', null, h('h2', null, title), kids);
+}
