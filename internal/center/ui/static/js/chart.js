@@ -11,6 +11,19 @@ export const PALETTE = ['#2f6fdf', '#e8590c', '#2b9a66', '#c2255c', '#7048e8', '
 const M = {left: 44, right: 14, top: 10, bottom: 26}; // plot margins, px
 const MAX_LEGEND = 24;
 
+// Charts on the page, redrawn at their new width when the window changes.
+const charts = new Set();
+let resizeTimer = 0;
+window.addEventListener('resize', () => {
+  clearTimeout(resizeTimer);
+  resizeTimer = setTimeout(() => {
+    for (const c of charts) {
+      if (!c.el.isConnected) charts.delete(c);
+      else if (c.el.dataset.state === 'data') c.draw();
+    }
+  }, 150);
+});
+
 export class Chart {
   // title: heading; unit: a key of format.UNITS; onSelect(start, end): a
   // drag on the plot; yMax: fixed top (e.g. 1 for percent).
@@ -29,6 +42,7 @@ export class Chart {
       h('header', null, h('h3', null, title), help ? h('span.help', {title: help}, '?') : null),
       this.plot, this.legend, this.readout);
     this.setMessage('loading…', 'loading');
+    charts.add(this);
   }
 
   // setData draws series [{name, points: [[ms, value], ...]}] over range
@@ -92,9 +106,12 @@ export class Chart {
       grid.append(s('text.ytick', {x: left - 6, y: Y(v) + 4, 'text-anchor': 'end'}, fmt(v)));
     }
     const span = end - start;
-    for (const t of timeTicks(start, end, Math.max(2, Math.floor(pw / 90)))) {
+    const ticks = timeTicks(start, end, Math.max(2, Math.floor(pw / 90)));
+    for (const t of ticks) {
+      const d = new Date(t);
+      const withDate = span > 2 * 864e5 && d.getHours() === 0 && d.getMinutes() === 0;
       grid.append(s('line', {x1: X(t), x2: X(t), y1: M.top, y2: M.top + ph}));
-      grid.append(s('text.xtick', {x: X(t), y: H - 8, 'text-anchor': 'middle'}, fmtTime(t, span > 2 * 864e5 && new Date(t).getHours() === 0, span < 5 * 6e4)));
+      grid.append(s('text.xtick', {x: X(t), y: H - 8, 'text-anchor': 'middle'}, fmtTime(t, withDate, ticks.step < 60000)));
     }
     svg.append(grid);
     svg.append(s('text.yunit', {x: 12, y: M.top + ph / 2, transform: `rotate(-90 12 ${M.top + ph / 2})`, 'text-anchor': 'middle'}, unitOf(this.unit).axis));
@@ -258,5 +275,6 @@ export function timeTicks(start, end, n) {
   }
   const out = [];
   for (; t <= end; t += step) out.push(t);
+  out.step = step;
   return out;
 }

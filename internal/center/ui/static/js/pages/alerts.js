@@ -3,7 +3,7 @@
 
 import {h, clear, labelChips} from '../dom.js';
 import {prom} from '../api.js';
-import {fmtTime, fmtAgo, fmtSeconds} from '../format.js';
+import {fmtTime, fmtAgo, fmtSeconds, fmtValue} from '../format.js';
 import {chart, fill, section} from './common.js';
 
 const SEV = {critical: 0, warning: 1, info: 2};
@@ -45,7 +45,7 @@ function fillActive(el, alerts, none, state) {
     h('td.name', null, a.labels.alertname),
     h('td', null, labelChips(a.labels, ['alertname', 'severity'])),
     h('td', {title: a.activeAt || ''}, a.activeAt ? [fmtTime(Date.parse(a.activeAt), true, true), h('br'), h('span.muted', null, fmtAgo(Date.parse(a.activeAt)))] : '–'),
-    h('td', null, a.value ?? ''),
+    h('td', {title: a.value ?? ''}, a.value === undefined ? '' : fmtValue(Number(a.value), 'none')),
     h('td', null, (a.annotations && a.annotations.summary) || '', a.annotations && a.annotations.description ? h('div.muted.small', null, a.annotations.description) : null),
     h('td', null, ruleDetails(a.rule)))))));
 }

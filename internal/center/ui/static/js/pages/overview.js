@@ -61,7 +61,7 @@ async function fillCards(ctx, el) {
   const [avail, rate, errs, up, targets] = await Promise.all([
     one(`min(avg by (target, location) ${PROBE.success((m) => `avg_over_time(${m}[5m])`)})`),
     one('sum(rate(imwatch_im_messages_total{stage="sent"}[1m]))'),
-    one('sum(rate(imwatch_im_failures_total[5m])) / sum(rate(imwatch_im_requests_total[5m]))'),
+    one('(sum(rate(imwatch_im_failures_total[5m])) or 0 * sum(rate(imwatch_im_requests_total[5m]))) / sum(rate(imwatch_im_requests_total[5m]))'),
     one('count(up == 1)'),
     one('count(up)'),
   ]);

@@ -1,0 +1,141 @@
+package e2e
+
+import (
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/prometheus/prompb"
+
+	"github.com/imwatch/imwatch/internal/center/centertest"
+	"github.com/imwatch/imwatch/internal/center/ui/uitest"
+	"github.com/imwatch/imwatch/internal/im/imtest"
+)
+
+const evilLabel = `<img src=x onerror=alert(1)>`
+
+// uiRules: one alert always firing and one always pending, with HTML in a
+// label and in an annotation, loaded by `imwatch up` from DATA/rules/.
+const uiRules = `groups:
+  - name: ui-test
+    interval: 1s
+    rules:
+      - alert: UITestFiring
+        expr: vector(1)
+        labels: {severity: warning, evil: "<img src=x onerror=alert(1)>"}
+        annotations: {summary: "<script>alert(2)</script> fires for the UI test"}
+      - alert: UITestPending
+        expr: vector(1)
+        for: 1h
+        labels: {severity: info}
+`
+
+// TestUIAgainstUp: every page of the web UI, in a real headless Chromium,
+// against a running `imwatch up` with some chat traffic: no console errors
+// or uncaught exceptions, charts that hold data where the data exists
+// today, a screenshot of each page kept (IMWATCH_ARTIFACTS), and labels
+// holding HTML shown as text, with no dialog opening.
+func TestUIAgainstUp(t *testing.T) {
+	b := uitest.Start(t) // skips (or fails under IMWATCH_INTEGRATION=1) without chromium
+	data := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(data, "rules"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(data, "rules", "ui-test.yml"), []byte(uiRules), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	up := startUp(t, data)
+	out := up.stdout()
+	center := regexp.MustCompile(`center: +(http://\S+)`).FindStringSubmatch(out)
+	gws := regexp.MustCompile(`gateway \d: +(ws://\S+)`).FindAllStringSubmatch(out, -1)
+	if center == nil || len(gws) != 2 {
+		t.Fatalf("no center or gateway addresses in the output of imwatch up:\n%s", out)
+	}
+	base := center[1]
+
+	// Traffic: users chatting through both gateways for a while.
+	bench := startProc(t, "bench", "im", "bench", "--data", data, "--gateway", gws[0][1]+","+gws[1][1],
+		"--users", "6", "--rate", "30", "--duration", "20s", "--json")
+	// A series whose label holds HTML, by remote write.
+	now := time.Now().UnixMilli()
+	code, msg := centertest.PostWrite(t, base, centertest.WriteRequest(t, &prompb.WriteRequest{Timeseries: []prompb.TimeSeries{{
+		Labels:  []prompb.Label{{Name: "__name__", Value: "imwatch_ui_escape_test"}, {Name: "evil", Value: evilLabel}},
+		Samples: []prompb.Sample{{Timestamp: now - 20000, Value: 1}, {Timestamp: now - 10000, Value: 2}, {Timestamp: now, Value: 3}},
+	}}}))
+	if code != 204 {
+		t.Fatalf("remote write: %d %s", code, msg)
+	}
+	if c := bench.wait(2 * time.Minute); c != 0 {
+		t.Fatalf("imwatch im bench exited %d; log:\n%s", c, bench.logTail(20))
+	}
+	// Wait until the center has rates of the traffic, the host and the alert.
+	for _, q := range []string{
+		`sum(rate(imwatch_im_messages_total{stage="sent"}[1m])) > 0`,
+		`sum(rate(imwatch_im_requests_total[1m])) > 0`,
+		`sum(rate(node_cpu_seconds_total[1m])) > 0`,
+		`ALERTS{alertname="UITestFiring",alertstate="firing"}`,
+	} {
+		imtest.Eventually(t, 60*time.Second, func() error {
+			s, err := centertest.Query(base, q, time.Now())
+			if err != nil {
+				return err
+			}
+			if len(s) == 0 {
+				return fmt.Errorf("%s: empty", q)
+			}
+			return nil
+		})
+	}
+
+	dir := uitest.ArtifactsDir(t)
+	range5m := "range=5m"
+	for _, tc := range []struct {
+		page, query string
+		charts      []string // charts that must hold data
+		texts       []string // shown as text somewhere on the page
+	}{
+		{"overview", range5m, []string{"Message throughput by stage", "Error ratio by service", "Message end-to-end latency p50 / p99"},
+			[]string{"UITestFiring", evilLabel, "No trace store yet"}},
+		{"services", range5m, []string{"Requests per instance", "Requests, cluster, by operation", "Error ratio per instance", "Stage duration p99 per instance"}, nil},
+		{"hosts", range5m, []string{"CPU busy by mode", "Memory", "Load average", "Network bandwidth", "Network packets"}, nil},
+		{"probes", range5m, nil, []string{"no probe results"}},
+		{"traces", range5m, nil, []string{"No trace store yet"}},
+		{"alerts", range5m, []string{"Active alerts over time"}, []string{"UITestFiring", "UITestPending", evilLabel, "<script>alert(2)</script> fires for the UI test"}},
+		{"explore", range5m + "&q=" + url.QueryEscape("imwatch_ui_escape_test"), []string{"imwatch_ui_escape_test"}, []string{evilLabel}},
+	} {
+		t.Run(tc.page, func(t *testing.T) {
+			b.ResetErrors()
+			b.Open(base+"/#/"+tc.page+"?"+tc.query, tc.page, 60*time.Second)
+			b.Screenshot(dir, tc.page)
+			if errs := b.Errors(); len(errs) > 0 {
+				t.Errorf("page errors:\n%s", strings.Join(errs, "\n"))
+			}
+			for _, title := range tc.charts {
+				state := uitest.Eval[string](b, fmt.Sprintf(`(() => {
+					const c = [...document.querySelectorAll('.chart')].find(c => c.querySelector('h3').textContent === %q);
+					return c ? c.dataset.state + ' ' + c.dataset.points + ' ' + c.querySelector('.plot').textContent : 'missing';
+				})()`, title))
+				if !strings.HasPrefix(state, "data ") {
+					t.Errorf("chart %q holds no data: %s", title, state)
+				}
+			}
+			body := uitest.Eval[string](b, `document.body.innerText`)
+			for _, x := range tc.texts {
+				if !strings.Contains(body, x) {
+					t.Errorf("the page does not show %q as text", x)
+				}
+			}
+			if n := uitest.Eval[int](b, `document.querySelectorAll('img, script:not([src])').length`); n != 0 {
+				t.Errorf("%d img or inline script elements: data was parsed as HTML", n)
+			}
+		})
+	}
+	if d := b.Dialogs(); len(d) > 0 {
+		t.Errorf("dialogs opened: %v", d)
+	}
+}
