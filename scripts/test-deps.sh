@@ -5,8 +5,8 @@
 set -euo pipefail
 
 # packages[i] provides binaries[i].
-packages=(nats-server prometheus prometheus prometheus-node-exporter prometheus-alertmanager)
-binaries=(nats-server promtool prometheus prometheus-node-exporter prometheus-alertmanager)
+packages=(nats-server prometheus prometheus prometheus-node-exporter prometheus-alertmanager chromium)
+binaries=(nats-server promtool prometheus prometheus-node-exporter prometheus-alertmanager chromium)
 
 missing=()
 for i in "${!binaries[@]}"; do
