@@ -356,6 +356,11 @@ func TestScriptUnits(t *testing.T) {
 	for _, c := range []evalCase{
 		{`import('/ui/js/chart.js').then(m => JSON.stringify(m.niceTicks(0, 0.93, 5)))`, `[0,0.2,0.4,0.6,0.8,1]`},
 		{`import('/ui/js/chart.js').then(m => JSON.stringify(m.niceTicks(0, 7, 5)))`, `[0,2,4,6,8]`},
+		{`import('/ui/js/stats.js').then(m => String(m.bucketQuantile(0.5, [[0.1, 10], [0.5, 60], [1, 90], [Infinity, 100]])))`, `0.42000000000000004`},
+		{`import('/ui/js/stats.js').then(m => String(m.bucketQuantile(0.99, [[Infinity, 100], [1, 90], [0.5, 60], [0.1, 10]])))`, `1`},
+		{`import('/ui/js/stats.js').then(m => String(m.bucketQuantile(0.05, [[0.1, 10], [0.5, 60], [1, 90], [Infinity, 100]])))`, `0.05`},
+		{`import('/ui/js/stats.js').then(m => String(m.bucketQuantile(0.5, [[0.1, 0], [Infinity, 0]])))`, `NaN`},
+		{`import('/ui/js/stats.js').then(m => String(m.bucketQuantile(0.5, [[0.1, 3], [1, 5]])))`, `NaN`},
 		{`import('/ui/js/format.js').then(m => String(m.parseDuration('1h30m')))`, `5400000`},
 		{`import('/ui/js/format.js').then(m => String(m.parseDuration('soon')))`, `NaN`},
 		{`import('/ui/js/format.js').then(m => m.fmtValue(0.0123, 'seconds'))`, `12.3 ms`},

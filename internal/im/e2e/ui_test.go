@@ -135,6 +135,24 @@ func TestUIAgainstUp(t *testing.T) {
 			}
 		})
 	}
+	// The page's quantiles (computed in the browser from the buckets) are
+	// the center's histogram_quantile.
+	b.Open(base+"/#/overview?range=5m", "overview", 60*time.Second)
+	got := uitest.Eval[[]float64](b, `Promise.all([import('/ui/js/api.js'), import('/ui/js/stats.js')]).then(async ([api, st]) => {
+		const sel = 'sum by (le) (rate(imwatch_im_e2e_duration_seconds_bucket[1m]))';
+		const t = Date.now() - 5000;
+		const buckets = (await api.prom.query(sel, t)).result.map(x => [x.metric.le === '+Inf' ? Infinity : Number(x.metric.le), Number(x.value[1])]);
+		const out = [];
+		for (const q of [0.5, 0.9, 0.99]) {
+			out.push(st.bucketQuantile(q, buckets), api.first(await api.prom.query('histogram_quantile(' + q + ', ' + sel + ')', t)));
+		}
+		return out;
+	})`)
+	for i := 0; i+1 < len(got); i += 2 {
+		if d := got[i] - got[i+1]; d > 1e-9 || d < -1e-9 || got[i] <= 0 {
+			t.Errorf("quantile %d: the page computes %v, the center %v", i/2, got[i], got[i+1])
+		}
+	}
 	if d := b.Dialogs(); len(d) > 0 {
 		t.Errorf("dialogs opened: %v", d)
 	}

@@ -105,7 +105,7 @@ export function matrix(result, name) {
   return result.map((r) => ({
     name: name(r.metric),
     labels: r.metric,
-    points: r.values.map(([t, v]) => [t * 1000, Number(v)]),
+    points: (r.values || []).map(([t, v]) => [t * 1000, Number(v)]), // native histograms: not drawn
   }));
 }
 

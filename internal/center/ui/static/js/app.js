@@ -61,9 +61,10 @@ export function rangeOf(params, now = Date.now()) {
   const span = end - start;
   const step = STEPS.find((x) => span / x <= POINTS) || STEPS[STEPS.length - 1];
   start = Math.floor(start / step) * step;
-  // The rate window: a minute (12 scrapes) at least, and two steps so that
-  // no sample falls between points.
-  const w = promDuration(Math.max(12 * SCRAPE_MS, 2 * step));
+  // The rate window: a minute (12 scrapes) at least, and a step plus a
+  // scrape, so that no increase falls between two points and no sample is
+  // read for more than two (Grafana's $__rate_interval).
+  const w = promDuration(Math.max(12 * SCRAPE_MS, step + SCRAPE_MS));
   return {start, end, step, w, live, span};
 }
 

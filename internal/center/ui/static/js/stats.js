@@ -50,3 +50,32 @@ export function outliers(values, measure) {
   }
   return out;
 }
+
+// bucketQuantile is Prometheus's histogram_quantile for one classic
+// histogram: buckets [[le, cumulative count]], +Inf included. Linear
+// interpolation within the bucket; the lowest bucket starts at 0 (when its
+// bound is positive); a rank in the +Inf bucket gives the highest finite
+// bound. NaN without observations.
+export function bucketQuantile(q, buckets) {
+  const b = buckets.filter(([le, c]) => !Number.isNaN(le) && Number.isFinite(c)).sort((x, y) => x[0] - y[0]);
+  if (b.length < 2 || b[b.length - 1][0] !== Infinity) return NaN;
+  if (q < 0) return -Infinity;
+  if (q > 1) return Infinity;
+  // Counts can dip from rate() noise; make them monotonic as Prometheus does.
+  for (let i = 1; i < b.length; i++) if (b[i][1] < b[i - 1][1]) b[i][1] = b[i - 1][1];
+  const total = b[b.length - 1][1];
+  if (!(total > 0)) return NaN;
+  const rank = q * total;
+  let i = b.findIndex(([, c]) => c >= rank);
+  if (i === b.length - 1) return b[b.length - 2][0];
+  if (i === 0 && b[0][0] <= 0) return b[0][0];
+  let lo = 0;
+  let below = 0;
+  if (i > 0) {
+    lo = b[i - 1][0];
+    below = b[i - 1][1];
+  }
+  const hi = b[i][0];
+  const inBucket = b[i][1] - below;
+  return inBucket > 0 ? lo + (hi - lo) * ((rank - below) / inBucket) : lo;
+}

@@ -4,6 +4,7 @@
 import {h, labelText} from '../dom.js';
 import {prom, matrix} from '../api.js';
 import {Chart} from '../chart.js';
+import {bucketQuantile} from '../stats.js';
 
 // q quotes a label value for PromQL.
 export const q = (v) => JSON.stringify(String(v));
@@ -58,4 +59,38 @@ export function grid(...kids) {
 
 export function section(title, ...kids) {
   return h('section.block', null, h('h2', null, title), kids);
+}
+
+// fillQuantiles draws quantiles qs of the classic histograms that query(r)
+// returns as buckets (a "sum by (..., le) (rate(..._bucket[w]))"): one
+// query for every quantile, computed here as histogram_quantile would.
+export async function fillQuantiles(ctx, c, query, qs, name, emptyText) {
+  const r = ctx.range();
+  try {
+    const res = await prom.range(query(r), r.start, r.end, r.step, ctx.signal);
+    const groups = new Map();
+    for (const x of res) {
+      const {le, ...rest} = x.metric;
+      const key = labelText(rest);
+      if (!groups.has(key)) groups.set(key, {metric: rest, byTime: new Map()});
+      const g = groups.get(key);
+      const bound = le === '+Inf' ? Infinity : Number(le);
+      for (const [t, v] of x.values || []) {
+        if (!g.byTime.has(t)) g.byTime.set(t, []);
+        g.byTime.get(t).push([bound, Number(v)]);
+      }
+    }
+    const series = [];
+    for (const q of qs) {
+      for (const g of groups.values()) {
+        const times = [...g.byTime.keys()].sort((a, b) => a - b);
+        series.push({name: name(g.metric, q), labels: g.metric,
+          points: times.map((t) => [t * 1000, bucketQuantile(q, g.byTime.get(t))])});
+      }
+    }
+    c.setData(series, r, emptyText);
+  } catch (e) {
+    if (e.name === 'AbortError') return;
+    c.setMessage(e.message, 'error');
+  }
 }

@@ -6,7 +6,7 @@ import {h, clear, labelChips} from '../dom.js';
 import {prom} from '../api.js';
 import {fmtValue, fmtAgo, promDuration} from '../format.js';
 import {drawGraph} from '../graph.js';
-import {chart, fill, instant, grid, section, PROBE} from './common.js';
+import {chart, fill, fillQuantiles, instant, grid, section, PROBE} from './common.js';
 
 const where = (m) => `${m.target || '?'} from ${m.location || '?'}`;
 
@@ -32,14 +32,10 @@ function render(ctx) {
   return async () => {
     await Promise.all([
       fill(ctx, avail, [{q: (r) => `avg by (target, location) ${PROBE.success((m) => `avg_over_time(${m}[${r.w}])`)}`, name: where}], noProbe),
-      fill(ctx, plat, [0.5, 0.99].map((p) => ({
-        q: (r) => `histogram_quantile(${p}, sum by (target, location, le) ${PROBE.latencyBucket((m) => `rate(${m}[${r.w}])`)})`,
-        name: (m) => `p${p * 100} ${where(m)}`,
-      })), noProbe),
-      fill(ctx, e2e, [0.5, 0.99].map((p) => ({
-        q: (r) => `histogram_quantile(${p}, sum by (le) (rate(imwatch_im_e2e_duration_seconds_bucket[${r.w}])))`,
-        name: () => `p${p * 100}`,
-      })), 'no message was acknowledged end to end in this time range'),
+      fillQuantiles(ctx, plat, (r) => `sum by (target, location, le) ${PROBE.latencyBucket((m) => `rate(${m}[${r.w}])`)}`,
+        [0.5, 0.99], (m, p) => `p${p * 100} ${where(m)}`, noProbe),
+      fillQuantiles(ctx, e2e, (r) => `sum by (le) (rate(imwatch_im_e2e_duration_seconds_bucket[${r.w}]))`,
+        [0.5, 0.99], (m, p) => `p${p * 100}`, 'no message was acknowledged end to end in this time range'),
       fill(ctx, thr, [{q: (r) => `sum by (stage) (rate(imwatch_im_messages_total[${r.w}]))`, name: (m) => m.stage}]),
       fill(ctx, err, [{
         q: (r) => `(sum by (service) (rate(imwatch_im_failures_total[${r.w}])) or 0 * sum by (service) (rate(imwatch_im_requests_total[${r.w}])))` +

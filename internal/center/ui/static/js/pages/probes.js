@@ -5,7 +5,7 @@
 import {h, clear} from '../dom.js';
 import {probeFailures} from '../api.js';
 import {fmtTime} from '../format.js';
-import {chart, fill, q, grid, section, PROBE} from './common.js';
+import {chart, fill, fillQuantiles, q, grid, section, PROBE} from './common.js';
 
 const where = (m) => `${m.target || '?'} from ${m.location || '?'}`;
 
@@ -34,10 +34,8 @@ function render(ctx) {
         q: (r) => `sum by (target, location) (rate(probe_messages_${k}_total{${sel}}[${r.w}]))`,
         name: (m) => `${k} ${where(m)}`,
       })), none),
-      fill(ctx, lat, [0.5, 0.99].map((p) => ({
-        q: (r) => `histogram_quantile(${p}, sum by (target, location, le) ${PROBE.latencyBucket((m) => `rate(${m}{${sel}}[${r.w}])`)})`,
-        name: (m) => `p${p * 100} ${where(m)}`,
-      })), none),
+      fillQuantiles(ctx, lat, (r) => `sum by (target, location, le) ${PROBE.latencyBucket((m) => `rate(${m}{${sel}}[${r.w}])`)}`,
+        [0.5, 0.99], (m, p) => `p${p * 100} ${where(m)}`, none),
       fill(ctx, reasons, [{q: (r) => `sum by (reason) (rate(probe_failures_total{${sel}}[${r.w}]))`, name: (m) => m.reason}],
         'no failed probe round in this time range'),
       fillFailures(ctx, list, target, location),
