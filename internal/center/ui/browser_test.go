@@ -63,11 +63,23 @@ func startFake(t *testing.T, withTraces bool) *fakeCenter {
 		start, _ := strconv.ParseFloat(r.FormValue("start"), 64)
 		end, _ := strconv.ParseFloat(r.FormValue("end"), 64)
 		step, _ := strconv.ParseFloat(r.FormValue("step"), 64)
-		var vals [][2]any
-		for ts := start; ts <= end && step > 0; ts += step {
-			vals = append(vals, [2]any{ts, strconv.FormatFloat(0.5+0.4*math.Sin(ts/600), 'f', -1, 64)})
+		vals := func(scale float64) [][2]any {
+			var out [][2]any
+			for ts := start; ts <= end && step > 0; ts += step {
+				out = append(out, [2]any{ts, strconv.FormatFloat(scale*(0.5+0.4*math.Sin(ts/600)), 'f', -1, 64)})
+			}
+			return out
 		}
-		ok(w, map[string]any{"resultType": "matrix", "result": []any{map[string]any{"metric": metric, "values": vals}}})
+		if strings.Contains(r.FormValue("query"), "le)") { // buckets of a histogram
+			var res []any
+			for i, le := range []string{"0.01", "0.1", "1", "+Inf"} {
+				m := map[string]string{"le": le, "target": "local-im", "location": "lab-1"}
+				res = append(res, map[string]any{"metric": m, "values": vals([]float64{10, 60, 95, 100}[i])})
+			}
+			ok(w, map[string]any{"resultType": "matrix", "result": res})
+			return
+		}
+		ok(w, map[string]any{"resultType": "matrix", "result": []any{map[string]any{"metric": metric, "values": vals(1)}}})
 	})
 	mux.HandleFunc("GET /api/v1/query", func(w http.ResponseWriter, r *http.Request) {
 		if noSpans(r) {
@@ -390,4 +402,34 @@ func indexOf(xs []string, x string) int {
 		}
 	}
 	return -1
+}
+
+// TestPagesInFirefox: every page in a headless Firefox (Debian's
+// firefox-esr, over WebDriver BiDi), against the same canned answers:
+// it loads, draws its charts, logs no error and shows HTML as text.
+func TestPagesInFirefox(t *testing.T) {
+	f := startFake(t, true)
+	ff := uitest.StartFirefox(t)
+	dir := uitest.ArtifactsDir(t)
+	for _, page := range []string{"overview", "services", "hosts", "probes", "alerts", "explore", "traces/" + traceID} {
+		name := strings.SplitN(page, "/", 2)[0]
+		hash := "#/" + page
+		if page == "explore" {
+			hash += "?q=imwatch_im_requests_total"
+		}
+		ff.Open(f.srv.URL+"/"+hash, name, 60*time.Second)
+		var n int
+		ff.Eval(`document.querySelectorAll('.chart[data-state=data], .waterfall .wrow[data-span]').length`, &n)
+		if n == 0 {
+			t.Errorf("firefox %s: no chart holds data", page)
+		}
+		ff.Eval(injected, &n)
+		if n != 0 {
+			t.Errorf("firefox %s: %d img elements", page, n)
+		}
+		ff.Screenshot(dir, "firefox-"+name)
+	}
+	if errs := ff.Errors(); len(errs) > 0 {
+		t.Errorf("firefox: page errors:\n%s", strings.Join(errs, "\n"))
+	}
 }

@@ -35,8 +35,9 @@ const uiRules = `groups:
         labels: {severity: info}
 `
 
-// TestUIAgainstUp: every page of the web UI, in a real headless Chromium,
-// against a running `imwatch up` with some chat traffic: no console errors
+// TestUIAgainstUp: every page of the web UI, in a real headless Chromium
+// (and then in Firefox), against a running `imwatch up` with some chat
+// traffic: no console errors
 // or uncaught exceptions, charts that hold data where the data exists
 // today, a screenshot of each page kept (IMWATCH_ARTIFACTS), and labels
 // holding HTML shown as text, with no dialog opening.
@@ -135,6 +136,29 @@ func TestUIAgainstUp(t *testing.T) {
 			}
 		})
 	}
+	// The same pages in Firefox.
+	ff := uitest.StartFirefox(t)
+	for _, page := range []string{"overview", "services", "hosts", "probes", "traces", "alerts", "explore"} {
+		q := range5m
+		if page == "explore" {
+			q += "&q=" + url.QueryEscape("imwatch_ui_escape_test")
+		}
+		ff.Open(base+"/#/"+page+"?"+q, page, 60*time.Second)
+		var n int
+		ff.Eval(`document.querySelectorAll('.chart[data-state=data]').length`, &n)
+		if page != "probes" && page != "traces" && n == 0 {
+			t.Errorf("firefox %s: no chart holds data", page)
+		}
+		ff.Eval(`document.querySelectorAll('img, script:not([src])').length`, &n)
+		if n != 0 {
+			t.Errorf("firefox %s: %d img or inline script elements", page, n)
+		}
+		ff.Screenshot(dir, "firefox-"+page)
+	}
+	if errs := ff.Errors(); len(errs) > 0 {
+		t.Errorf("firefox: page errors:\n%s", strings.Join(errs, "\n"))
+	}
+
 	// The page's quantiles (computed in the browser from the buckets) are
 	// the center's histogram_quantile.
 	b.Open(base+"/#/overview?range=5m", "overview", 60*time.Second)
