@@ -411,6 +411,18 @@ func measure(chromium, center string, loads int) (map[string][]float64, error) {
 			if i > 0 {
 				out[r] = append(out[r], math.Round(v[0]))
 			}
+			if i == loads && r == "24h" {
+				// Where the last load spent its time: the slowest requests.
+				slow, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`performance.getEntriesByType('resource')
+					.sort((a, b) => b.duration - a.duration).slice(0, 6)
+					.map((e) => Math.round(e.startTime) + '+' + Math.round(e.duration) + ' ms ' + decodeURIComponent(e.name.replace(/^[^?]*\?/, '')).slice(0, 110))`))
+				if err == nil {
+					fmt.Println("slowest requests of the last 24h load (start+duration):")
+					for _, x := range slow {
+						fmt.Println("  ", x)
+					}
+				}
+			}
 		}
 	}
 	return out, nil

@@ -10,10 +10,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"html/template"
 	"io/fs"
 	"mime"
 	"net/http"
 	"path"
+	"sort"
 	"strings"
 	"time"
 )
@@ -47,8 +49,10 @@ type asset struct {
 
 // Handler serves the UI's pages and assets.
 type Handler struct {
-	opts   Options
-	assets map[string]asset // by path under static/, e.g. "js/app.js"
+	opts    Options
+	assets  map[string]asset // by path under static/, e.g. "js/app.js"
+	index   *template.Template
+	modules []string // every module, preloaded by the page in one go
 }
 
 // New reads the embedded assets once.
@@ -83,9 +87,19 @@ func New(opts Options) (*Handler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ui assets: %w", err)
 	}
-	if _, ok := h.assets["index.html"]; !ok {
+	idx, ok := h.assets["index.html"]
+	if !ok {
 		return nil, fmt.Errorf("ui assets: no index.html")
 	}
+	if h.index, err = template.New("index.html").Parse(string(idx.body)); err != nil {
+		return nil, fmt.Errorf("ui assets: %w", err)
+	}
+	for p := range h.assets {
+		if strings.HasSuffix(p, ".js") {
+			h.modules = append(h.modules, "/ui/"+p)
+		}
+	}
+	sort.Strings(h.modules)
 	return h, nil
 }
 
@@ -93,7 +107,7 @@ func New(opts Options) (*Handler, error) {
 // GET /ui/features.json. None of them needs the bearer token: they hold no
 // data; the pages send the token to the API.
 func (h *Handler) Register(mux *http.ServeMux) {
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) { h.serveAsset(w, r, "index.html") })
+	mux.HandleFunc("GET /{$}", h.serveIndex)
 	mux.HandleFunc("GET /ui/features.json", h.serveFeatures)
 	mux.HandleFunc("GET /ui/{path...}", func(w http.ResponseWriter, r *http.Request) { h.serveAsset(w, r, r.PathValue("path")) })
 }
@@ -116,9 +130,28 @@ func (h *Handler) serveFeatures(w http.ResponseWriter, _ *http.Request) {
 	_ = json.NewEncoder(w).Encode(h.Features())
 }
 
+// serveIndex writes the page with the features in it and a preload of every
+// module, so that the browser fetches them at once rather than one import
+// level after the other, and asks for no features.json before the first query.
+func (h *Handler) serveIndex(w http.ResponseWriter, _ *http.Request) {
+	feats, _ := json.Marshal(h.Features())
+	var buf bytes.Buffer
+	if err := h.index.Execute(&buf, struct {
+		Features string
+		Modules  []string
+	}{string(feats), h.modules}); err != nil {
+		http.Error(w, "ui: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	setSecurityHeaders(w)
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write(buf.Bytes())
+}
+
 func (h *Handler) serveAsset(w http.ResponseWriter, r *http.Request, p string) {
 	a, ok := h.assets[p]
-	if !ok || p == "index.html" && r.URL.Path != "/" {
+	if !ok || p == "index.html" {
 		http.NotFound(w, r)
 		return
 	}

@@ -23,6 +23,8 @@ func TestServesPagesAndAssets(t *testing.T) {
 		contains    string
 	}{
 		{"/", "text/html; charset=utf-8", 200, `<script type="module" src="/ui/js/app.js">`},
+		{"/", "text/html; charset=utf-8", 200, `<link rel="modulepreload" href="/ui/js/chart.js">`},
+		{"/", "text/html; charset=utf-8", 200, `<meta name="imwatch-features" content="{&#34;traces&#34;:false,`},
 		{"/ui/js/app.js", "text/javascript; charset=utf-8", 200, "export function href"},
 		{"/ui/js/pages/overview.js", "text/javascript; charset=utf-8", 200, "Overview"},
 		{"/ui/style.css", "text/css; charset=utf-8", 200, ".chart"},

@@ -190,7 +190,8 @@ function route() {
 async function start() {
   window.addEventListener('imwatch:unauthorized', askToken);
   try {
-    feats = await features();
+    const meta = document.querySelector('meta[name=imwatch-features]');
+    feats = meta && meta.content.startsWith('{') ? JSON.parse(meta.content) : await features();
   } catch (e) {
     banner(h('span', null, 'Cannot ask the center what it serves: ' + e.message));
   }
