@@ -174,12 +174,30 @@ func WaitReady(pageName string) chromedp.Action[chromedp.Void] {
 }
 
 // WaitFor waits until the JavaScript expression is true; the caller's
-// context bounds the wait.
+// context bounds the wait. It evaluates the expression every 50 ms rather
+// than installing a poll in the page, so that a navigation in between (the
+// page's execution context replaced) is waited out, not an error.
 func WaitFor(expr string) chromedp.Action[chromedp.Void] {
-	poll := chromedp.Poll[bool](expr, chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(10*time.Minute))
+	eval := chromedp.Evaluate[bool](expr)
 	return func(ctx context.Context, t *chromedp.Target) (chromedp.Void, error) {
-		_, err := poll(ctx, t)
-		return chromedp.Void{}, err
+		var last error
+		for {
+			ok, err := eval(ctx, t)
+			if err == nil && ok {
+				return chromedp.Void{}, nil
+			}
+			if err != nil {
+				last = err
+			}
+			select {
+			case <-ctx.Done():
+				if last != nil {
+					return chromedp.Void{}, fmt.Errorf("%s: %w (last error: %v)", expr, ctx.Err(), last)
+				}
+				return chromedp.Void{}, fmt.Errorf("%s: %w", expr, ctx.Err())
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
 	}
 }
 
