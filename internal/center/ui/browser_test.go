@@ -23,7 +23,10 @@ import (
 
 	"github.com/imwatch/imwatch/internal/center/ui"
 	"github.com/imwatch/imwatch/internal/center/ui/uitest"
+	"github.com/imwatch/imwatch/internal/im/imtest"
 )
+
+var imtestEventually = imtest.Eventually
 
 const evil = `<img src=x onerror=alert(1)>`
 
@@ -37,6 +40,7 @@ const (
 type fakeCenter struct {
 	srv        *httptest.Server
 	traceCalls atomic.Int64
+	queries    atomic.Int64 // instant queries answered
 }
 
 func startFake(t *testing.T, withTraces bool) *fakeCenter {
@@ -82,8 +86,19 @@ func startFake(t *testing.T, withTraces bool) *fakeCenter {
 		ok(w, map[string]any{"resultType": "matrix", "result": []any{map[string]any{"metric": metric, "values": vals(1)}}})
 	})
 	mux.HandleFunc("GET /api/v1/query", func(w http.ResponseWriter, r *http.Request) {
+		f.queries.Add(1)
 		if noSpans(r) {
 			ok(w, map[string]any{"resultType": "vector", "result": []any{}})
+			return
+		}
+		if strings.Contains(r.FormValue("query"), "imwatch_service_graph_") {
+			var res []any
+			for _, e := range [][3]string{{"imwatch-client", "gateway", "rpc"}, {"gateway", "logic", "messaging"},
+				{"logic", "gateway", "messaging"}, {"gateway", "imwatch-client", "rpc"}, {"imwatch-probe", "gateway", "rpc"}} {
+				res = append(res, map[string]any{"metric": map[string]string{"client": e[0], "server": e[1], "connection_type": e[2]},
+					"value": [2]any{float64(time.Now().Unix()), "12.5"}})
+			}
+			ok(w, map[string]any{"resultType": "vector", "result": res})
 			return
 		}
 		ok(w, map[string]any{"resultType": "vector", "result": []any{map[string]any{"metric": metric,
@@ -432,4 +447,72 @@ func TestPagesInFirefox(t *testing.T) {
 	if errs := ff.Errors(); len(errs) > 0 {
 		t.Errorf("firefox: page errors:\n%s", strings.Join(errs, "\n"))
 	}
+}
+
+// TestChartInteractions: the hover read-out, hiding a line from the legend,
+// a drag that zooms every chart of the page to one range, and live refresh.
+func TestChartInteractions(t *testing.T) {
+	f := startFake(t, true)
+	b := uitest.Start(t)
+	b.Open(f.srv.URL+"/#/overview?range=1h&refresh=2s", "overview", 30*time.Second)
+	// Hover the middle of the first chart.
+	readout := uitest.Eval[string](b, `(() => {
+		const c = document.querySelector('.chart[data-state=data]');
+		const o = c.querySelector('rect.overlay').getBoundingClientRect();
+		c.querySelector('rect.overlay').dispatchEvent(new MouseEvent('mousemove', {clientX: o.left + o.width / 2, clientY: o.top + 10, bubbles: true}));
+		const r = c.querySelector('.readout');
+		return r.hidden ? 'hidden' : r.textContent;
+	})()`)
+	if !strings.Contains(readout, "local-im from lab-1") || !strings.Contains(readout, "%") {
+		t.Errorf("hover read-out: %q, want the line's name and value", readout)
+	}
+	// The legend hides and shows a line.
+	paths := uitest.Eval[[]int](b, `(() => {
+		const c = [...document.querySelectorAll('.chart')].find(c => c.querySelector('h3').textContent.startsWith('Message end-to-end'));
+		const n = () => c.querySelectorAll('g.lines path').length;
+		const before = n();
+		c.querySelector('.legend button').click();
+		const hidden = n();
+		c.querySelector('.legend button').click();
+		return [before, hidden, n()];
+	})()`)
+	if len(paths) != 3 || paths[0] != 2 || paths[1] != 1 || paths[2] != 2 {
+		t.Errorf("lines before, after hiding one, after showing it again: %v, want [2 1 2]", paths)
+	}
+	// The service graph: a box per service, an edge per pair.
+	if n := uitest.Eval[int](b, `document.querySelectorAll('svg.graph path.edge').length`); n != 5 {
+		t.Errorf("service graph has %d edges, want 5", n)
+	}
+	if n := uitest.Eval[int](b, `document.querySelectorAll('svg.graph path.edge.messaging').length`); n != 2 {
+		t.Errorf("service graph has %d messaging edges, want 2", n)
+	}
+	b.Screenshot(uitest.ArtifactsDir(t), "overview-graph")
+	// Live: the page asks again by itself.
+	before := f.queries.Load()
+	imtestEventually(t, 20*time.Second, func() error {
+		if n := f.queries.Load(); n <= before {
+			return fmt.Errorf("no query since the page loaded (%d)", n)
+		}
+		return nil
+	})
+	// Drag across a chart: every chart of the page takes that range.
+	hash := uitest.Eval[string](b, `(() => {
+		const o = document.querySelector('.chart[data-state=data] rect.overlay');
+		const r = o.getBoundingClientRect();
+		const at = (type, x) => o.dispatchEvent(new MouseEvent(type, {clientX: r.left + x * r.width, clientY: r.top + 10, bubbles: true}));
+		at('mousedown', 0.25); at('mousemove', 0.5); at('mouseup', 0.75);
+		return location.hash;
+	})()`)
+	if !strings.Contains(hash, "from=") || !strings.Contains(hash, "to=") || strings.Contains(hash, "range=") {
+		t.Fatalf("after a drag the address is %q, want an absolute range", hash)
+	}
+	b.Do(30*time.Second, uitest.WaitReady("overview"))
+	spans := uitest.Eval[[]float64](b, `(() => {
+		const p = new URLSearchParams(location.hash.split('?')[1]);
+		return [Number(p.get('to')) - Number(p.get('from')), document.querySelectorAll('.chart[data-state=data]').length, document.querySelectorAll('.range .abs').length];
+	})()`)
+	if spans[0] < 25*60e3 || spans[0] > 35*60e3 || spans[1] == 0 || spans[2] != 1 {
+		t.Errorf("zoomed range %v ms, charts with data %v, absolute range shown %v: want half of the hour", spans[0], spans[1], spans[2])
+	}
+	noErrors(t, b, "interactions")
 }

@@ -35,7 +35,7 @@ function parseHash() {
 export function href(page, params = {}, keepRange = true) {
   const cur = parseHash().params;
   const p = new URLSearchParams();
-  if (keepRange) for (const k of ['range', 'from', 'to']) if (cur.has(k)) p.set(k, cur.get(k));
+  if (keepRange) for (const k of ['range', 'from', 'to', 'refresh']) if (cur.has(k)) p.set(k, cur.get(k));
   for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null && v !== '') p.set(k, v);
   const q = p.toString();
   return '#/' + page + (q ? '?' + q : '');
@@ -68,6 +68,13 @@ export function rangeOf(params, now = Date.now()) {
   return {start, end, step, w, live, span};
 }
 
+// refreshMs is the live refresh period: ?refresh=30s in the address, at
+// least 2 s, 15 s by default.
+function refreshMs(params) {
+  const ms = parseDuration(params.get('refresh') || '');
+  return ms >= 2000 ? ms : REFRESH_MS;
+}
+
 function renderNav(page) {
   clear(document.getElementById('nav'), Object.entries(PAGES).map(([name, p]) =>
     h('a' + (name === page ? '.active' : ''), {href: href(name)}, p.title)));
@@ -87,7 +94,7 @@ function renderRange(params) {
   (r.live ? [] : [h('option', {value: '', selected: true}, 'custom')]).concat(
     PRESETS.map((x) => h('option', {value: x, selected: r.live && (params.get('range') || DEFAULT_RANGE) === x}, 'last ' + x))));
   clear(box, sel,
-    r.live ? h('span.live', {title: 'refreshes every ' + REFRESH_MS / 1000 + ' s'}, '● live')
+    r.live ? h('span.live', {title: 'refreshes every ' + refreshMs(params) / 1000 + ' s'}, '● live')
       : [h('span.abs', null, fmtTime(r.start, true) + ' – ' + fmtTime(r.end, true)),
         h('button', {type: 'button', onclick: () => setParam({range: params.get('range') || DEFAULT_RANGE})}, 'back to live')]);
 }
@@ -183,7 +190,7 @@ function route() {
   if (rangeOf(params).live && cur.refresh) {
     cur.timer = setInterval(() => {
       if (!document.hidden) runRefresh(cur, false);
-    }, REFRESH_MS);
+    }, refreshMs(params));
   }
 }
 
