@@ -91,6 +91,24 @@ func startFake(t *testing.T, withTraces bool) *fakeCenter {
 			ok(w, map[string]any{"resultType": "vector", "result": []any{}})
 			return
 		}
+		// Four gateway instances, the fourth one slow.
+		perInstance := map[string][]string{
+			"sum by (instance) (rate(imwatch_im_requests_total":           {"10", "11", "9", "10"},
+			"histogram_quantile(0.99, sum by (instance, le)":              {"0.010", "0.011", "0.012", "0.2"},
+			"(sum by (instance) (rate(imwatch_im_failures_total":          {"0", "0.001", "0", "0"},
+			"max by (instance) (up and on (instance) group by (instance)": {"1", "1", "1", "1"},
+		}
+		for prefix, vals := range perInstance {
+			if strings.HasPrefix(r.FormValue("query"), prefix) {
+				var res []any
+				for i, v := range vals {
+					res = append(res, map[string]any{"metric": map[string]string{"instance": fmt.Sprintf("gw-%d", i+1)},
+						"value": [2]any{float64(time.Now().Unix()), v}})
+				}
+				ok(w, map[string]any{"resultType": "vector", "result": res})
+				return
+			}
+		}
 		if strings.Contains(r.FormValue("query"), "imwatch_service_graph_") {
 			var res []any
 			for _, e := range [][3]string{{"imwatch-client", "gateway", "rpc"}, {"gateway", "logic", "messaging"},
@@ -515,4 +533,21 @@ func TestChartInteractions(t *testing.T) {
 		t.Errorf("zoomed range %v ms, charts with data %v, absolute range shown %v: want half of the hour", spans[0], spans[1], spans[2])
 	}
 	noErrors(t, b, "interactions")
+}
+
+// TestServicesMarksTheOutlier: of four instances, the one whose p99 is far
+// above its peers' is marked, and nothing else.
+func TestServicesMarksTheOutlier(t *testing.T) {
+	f := startFake(t, false)
+	b := uitest.Start(t)
+	b.Open(f.srv.URL+"/#/services?service=gateway", "services", 30*time.Second)
+	marks := uitest.Eval[[]string](b, `[...document.querySelectorAll('table.inst td[data-outlier]')].map(td => td.parentElement.firstChild.firstChild.textContent + ' ' + td.dataset.outlier)`)
+	if len(marks) != 1 || marks[0] != "gw-4 p99" {
+		t.Errorf("marked %q, want only gw-4's p99", marks)
+	}
+	if n := uitest.Eval[int](b, `document.querySelectorAll('table.inst tr.marked .badge').length`); n != 1 {
+		t.Errorf("%d rows say they stand out, want 1", n)
+	}
+	b.Screenshot(uitest.ArtifactsDir(t), "services-outlier")
+	noErrors(t, b, "services")
 }

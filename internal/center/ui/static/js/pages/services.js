@@ -76,7 +76,7 @@ function build(ctx, body, pick, names, spanNames, only) {
     refresh.push(() => fill(ctx, c.dur, [{q: (r) => `histogram_quantile(0.99, sum by (stage, le) (rate(${DUR}{${sel}}[${r.w}])))`, name: (m) => m.stage}],
       'no stage timed in this time range'));
     refresh.push(() => fill(ctx, c.durI, [{q: (r) => `histogram_quantile(0.99, sum by (instance, stage, le) (rate(${DUR}{${sel}}[${r.w}])))`,
-      name: (m) => `${m.instance} ${m.stage}`}], 'no stage timed in this time range'));
+      name: (m) => [m.instance, m.stage].filter(Boolean).join(' ')}], 'no stage timed in this time range'));
     refresh.push(() => fillInstances(ctx, table, svc));
   }
   for (const svc of spanNames.filter((n) => (!only || n === only))) {
