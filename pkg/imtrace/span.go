@@ -331,6 +331,9 @@ func (r *record) fill(t *Tracer, d *spanData) {
 	r.nattrs = len(a)
 	r.links = r.links[:0]
 	for _, l := range d.links {
+		if !l.SpanContext.IsValid() {
+			continue // a link to nothing says nothing
+		}
 		r.links = append(r.links, sdktrace.Link{SpanContext: l.SpanContext, Attributes: l.Attributes})
 	}
 	r.nevent = 0
