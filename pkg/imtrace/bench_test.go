@@ -3,6 +3,7 @@ package imtrace
 import (
 	"context"
 	"testing"
+	"unsafe"
 
 	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -91,4 +92,18 @@ func BenchmarkSpan(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkClock is the peer that shows what the clock costs on the machine:
+// a hop span reads the monotonic clock twice.
+func BenchmarkClock(b *testing.B) {
+	var sink int64
+	for b.Loop() {
+		sink += monoNow() - monoNow()
+	}
+	_ = sink
+}
+
+func TestSpanSize(t *testing.T) {
+	t.Logf("Span %d bytes, spanData %d bytes, record %d bytes", unsafe.Sizeof(Span{}), unsafe.Sizeof(spanData{}), unsafe.Sizeof(record{}))
 }

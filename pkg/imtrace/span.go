@@ -2,6 +2,7 @@ package imtrace
 
 import (
 	"context"
+	"encoding/binary"
 	"math/rand/v2"
 	"reflect"
 	"time"
@@ -44,8 +45,8 @@ type spanData struct {
 	kind      trace.SpanKind
 	sc        trace.SpanContext
 	parent    trace.SpanContext
-	start     time.Time
-	end       time.Time
+	start     int64 // monotonic clock, nanoseconds (monoNow)
+	end       int64
 	msg       Message
 	links     []trace.Link
 	errType   string
@@ -78,9 +79,10 @@ func (t *Tracer) Start(parent trace.SpanContext, name string, kind trace.SpanKin
 // StartLinked is Start with links to other spans: a push that a group
 // fan-out starts links to the span that fanned out (FanoutLink). links is
 // kept, not copied: do not change it afterwards.
-func (t *Tracer) StartLinked(parent trace.SpanContext, name string, kind trace.SpanKind, m Message, links []trace.Link) Span {
+func (t *Tracer) StartLinked(parent trace.SpanContext, name string, kind trace.SpanKind, m Message, links []trace.Link) (s Span) {
 	if t == nil {
-		return Span{d: spanData{sc: parent}}
+		s.d.sc = parent
+		return s
 	}
 	var scc trace.SpanContextConfig
 	if parent.IsValid() {
@@ -91,7 +93,7 @@ func (t *Tracer) StartLinked(parent trace.SpanContext, name string, kind trace.S
 		parent = trace.SpanContext{}
 	}
 	scc.SpanID = newSpanID()
-	s := Span{t: t}
+	s.t = t
 	s.sampled = t.sampled(parent, scc.TraceID, name, kind, m.Probe)
 	if s.sampled {
 		scc.TraceFlags = trace.FlagsSampled
@@ -105,26 +107,24 @@ func (t *Tracer) StartLinked(parent trace.SpanContext, name string, kind trace.S
 	s.d.kind = kind
 	s.d.msg = m
 	s.d.links = links
-	s.d.start = time.Now()
+	s.d.start = monoNow()
 	return s
 }
 
+// Ids come from math/rand/v2's per-thread ChaCha8 generator: random enough
+// for trace ids (the ratio sampler reads their low 63 bits), and unlike the
+// SDK's generator it takes no lock.
 func newTraceID() (id trace.TraceID) {
 	for !id.IsValid() {
-		hi, lo := rand.Uint64(), rand.Uint64()
-		for i := 0; i < 8; i++ {
-			id[i], id[8+i] = byte(hi>>(56-8*i)), byte(lo>>(56-8*i))
-		}
+		binary.BigEndian.PutUint64(id[:8], rand.Uint64())
+		binary.BigEndian.PutUint64(id[8:], rand.Uint64())
 	}
 	return id
 }
 
 func newSpanID() (id trace.SpanID) {
 	for !id.IsValid() {
-		v := rand.Uint64()
-		for i := 0; i < 8; i++ {
-			id[i] = byte(v >> (56 - 8*i))
-		}
+		binary.BigEndian.PutUint64(id[:], rand.Uint64())
 	}
 	return id
 }
@@ -221,13 +221,13 @@ func (s *Span) End() {
 		return
 	}
 	s.ended = true
-	s.d.end = time.Now()
+	s.d.end = monoNow()
 	t := s.t
 	if s.sampled {
 		t.export(&s.d)
 		return
 	}
-	slow := t.slow >= 0 && int64(s.d.end.Sub(s.d.start)) >= t.slow
+	slow := t.slow >= 0 && s.d.end-s.d.start >= t.slow
 	if !s.d.failed && !slow {
 		if t.tail.put(&s.d) {
 			t.promote(&s.d) // its trace was promoted before
@@ -279,6 +279,8 @@ type record struct {
 
 	t      *Tracer
 	d      spanData
+	start  time.Time
+	end    time.Time
 	attrs  [maxAttrs]attribute.KeyValue
 	nattrs int
 	links  []sdktrace.Link
@@ -291,6 +293,7 @@ func (r *record) fill(t *Tracer, d *spanData) {
 	r.ReadOnlySpan = baseSpan
 	r.t = t
 	r.d = *d
+	r.start, r.end = wallTime(d.start), wallTime(d.end)
 	a := r.attrs[:0]
 	a = append(a, systemAttr)
 	if op, ok := operationType(d.kind); ok {
@@ -340,7 +343,7 @@ func (r *record) fill(t *Tracer, d *spanData) {
 	if d.hasExcept {
 		r.evAttr[0] = semconv.ExceptionTypeKey.String(d.excpType)
 		r.evAttr[1] = semconv.ExceptionMessageKey.String(d.excpMsg)
-		r.event[0] = sdktrace.Event{Name: semconv.ExceptionEventName, Attributes: r.evAttr[:], Time: d.end}
+		r.event[0] = sdktrace.Event{Name: semconv.ExceptionEventName, Attributes: r.evAttr[:], Time: r.end}
 		r.nevent = 1
 	}
 }
@@ -376,8 +379,8 @@ func (r *record) Name() string                     { return r.d.name }
 func (r *record) SpanContext() trace.SpanContext   { return r.d.sc }
 func (r *record) Parent() trace.SpanContext        { return r.d.parent }
 func (r *record) SpanKind() trace.SpanKind         { return r.d.kind }
-func (r *record) StartTime() time.Time             { return r.d.start }
-func (r *record) EndTime() time.Time               { return r.d.end }
+func (r *record) StartTime() time.Time             { return r.start }
+func (r *record) EndTime() time.Time               { return r.end }
 func (r *record) Attributes() []attribute.KeyValue { return r.attrs[:r.nattrs:r.nattrs] }
 func (r *record) Links() []sdktrace.Link           { return r.links }
 func (r *record) Events() []sdktrace.Event         { return r.event[:r.nevent:r.nevent] }

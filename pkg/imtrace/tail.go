@@ -10,7 +10,7 @@ import (
 
 const (
 	tailShards   = 8  // power of two; a trace's spans share the shard its id picks
-	promotedKept = 32 // promoted trace ids remembered per shard
+	promotedKept = 16 // promoted trace ids remembered per shard
 )
 
 // tailBuffer holds the ended spans of unsampled traces for a while, so that
@@ -29,6 +29,7 @@ type tailShard struct {
 	next     int
 	promoted [promotedKept]uint64 // low halves of promoted trace ids; 0 = free
 	pnext    int
+	lastProm int64 // monotonic time of the last promotion; 0 = none
 	_        [64]byte // keep shards on separate cache lines
 }
 
@@ -45,7 +46,10 @@ func traceKey(id trace.TraceID) uint64 { return binary.BigEndian.Uint64(id[8:]) 
 
 func (b *tailBuffer) shard(key uint64) *tailShard { return &b.shards[key>>1&(tailShards-1)] }
 
-func (s *tailShard) isPromoted(key uint64) bool {
+func (s *tailShard) isPromoted(key uint64, now int64, window int64) bool {
+	if s.lastProm == 0 || now-s.lastProm > window {
+		return false // nothing promoted lately: a trace is remembered for the window
+	}
 	for _, p := range s.promoted {
 		if p == key {
 			return true
@@ -59,7 +63,7 @@ func (b *tailBuffer) isPromoted(id trace.TraceID) bool {
 	key := traceKey(id)
 	s := b.shard(key)
 	s.mu.Lock()
-	p := s.isPromoted(key)
+	p := s.isPromoted(key, monoNow(), int64(b.window))
 	s.mu.Unlock()
 	return p
 }
@@ -70,7 +74,7 @@ func (b *tailBuffer) put(d *spanData) bool {
 	key := traceKey(d.sc.TraceID())
 	s := b.shard(key)
 	s.mu.Lock()
-	if s.isPromoted(key) {
+	if s.isPromoted(key, d.end, int64(b.window)) {
 		s.mu.Unlock()
 		return true
 	}
@@ -80,7 +84,7 @@ func (b *tailBuffer) put(d *spanData) bool {
 		return false
 	}
 	slot := &s.ring[s.next]
-	dropped := slot.name != "" && d.end.Sub(slot.end) < b.window
+	dropped := slot.name != "" && d.end-slot.end < int64(b.window)
 	*slot = *d
 	s.next++
 	if s.next == len(s.ring) {
@@ -95,19 +99,20 @@ func (b *tailBuffer) put(d *spanData) bool {
 
 // promote marks the trace promoted and takes its buffered spans that ended
 // within the window before now out of the buffer.
-func (b *tailBuffer) promote(id trace.TraceID, now time.Time) []spanData {
+func (b *tailBuffer) promote(id trace.TraceID, now int64) []spanData {
 	key := traceKey(id)
 	s := b.shard(key)
 	var out []spanData
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.isPromoted(key) {
+	if !s.isPromoted(key, now, int64(b.window)) {
 		s.promoted[s.pnext] = key
 		s.pnext = (s.pnext + 1) % promotedKept
 	}
+	s.lastProm = now
 	for i := range s.ring {
 		e := &s.ring[i]
-		if e.name != "" && e.sc.TraceID() == id && now.Sub(e.end) < b.window {
+		if e.name != "" && e.sc.TraceID() == id && now-e.end < int64(b.window) {
 			out = append(out, *e)
 			*e = spanData{}
 		}
