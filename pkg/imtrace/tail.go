@@ -29,7 +29,7 @@ type tailShard struct {
 	next     int
 	promoted [promotedKept]uint64 // low halves of promoted trace ids; 0 = free
 	pnext    int
-	lastProm int64 // monotonic time of the last promotion; 0 = none
+	lastProm int64    // monotonic time of the last promotion; 0 = none
 	_        [64]byte // keep shards on separate cache lines
 }
 
