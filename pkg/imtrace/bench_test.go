@@ -2,12 +2,14 @@ package imtrace
 
 import (
 	"context"
+	"runtime"
 	"testing"
 	"unsafe"
 
 	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sys/unix"
 )
 
 // The span-cost benchmarks: start a hop span as the child of a remote
@@ -44,6 +46,23 @@ func benchTracer(b *testing.B) *Tracer {
 	return t
 }
 
+// threadCPU reports the benchmark's CPU time per operation as cpu-ns/op:
+// the thread's own CPU clock, which (unlike ns/op) does not count the time
+// other processes hold the CPU, so it holds on a loaded machine.
+func threadCPU(b *testing.B) func() {
+	runtime.LockOSThread()
+	var start unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &start); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		var end unix.Timespec
+		_ = unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &end)
+		runtime.UnlockOSThread()
+		b.ReportMetric(float64(end.Nano()-start.Nano())/float64(b.N), "cpu-ns/op")
+	}
+}
+
 func BenchmarkSpan(b *testing.B) {
 	for _, c := range []struct {
 		name   string
@@ -52,16 +71,31 @@ func BenchmarkSpan(b *testing.B) {
 		b.Run("imtrace/"+c.name, func(b *testing.B) {
 			t := benchTracer(b)
 			b.ReportAllocs()
+			defer threadCPU(b)()
 			for b.Loop() {
 				sp := t.Start(c.parent, SpanLogicHandle, trace.SpanKindServer, benchMsg)
 				sp.End()
 			}
 		})
+		if c.name == "unsampled" {
+			// The tail part off (Config.TailBuffer < 0): head sampling only.
+			b.Run("imtrace/unsampled-headonly", func(b *testing.B) {
+				t := benchTracer(b)
+				t.tailOn = false
+				b.ReportAllocs()
+				defer threadCPU(b)()
+				for b.Loop() {
+					sp := t.Start(c.parent, SpanLogicHandle, trace.SpanKindServer, benchMsg)
+					sp.End()
+				}
+			})
+		}
 		b.Run("sdk/"+c.name, func(b *testing.B) {
 			tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(Sampler(1)), sdktrace.WithSpanProcessor(discardProcessor{}))
 			tr := tp.Tracer(ScopeName)
 			ctx := trace.ContextWithRemoteSpanContext(context.Background(), c.parent)
 			b.ReportAllocs()
+			defer threadCPU(b)()
 			for b.Loop() {
 				m := &benchMsg
 				_, sp := tr.Start(ctx, SpanLogicHandle, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
@@ -86,6 +120,7 @@ func BenchmarkSpan(b *testing.B) {
 				KeySeq.Int64(int64(m.Seq)), KeyRecipientCount.Int(m.Recipients), KeyProbe.Bool(m.Probe)}
 			opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...)}
 			b.ReportAllocs()
+			defer threadCPU(b)()
 			for b.Loop() {
 				_, sp := tr.Start(ctx, SpanLogicHandle, opts...)
 				sp.End()
@@ -98,6 +133,7 @@ func BenchmarkSpan(b *testing.B) {
 // a hop span reads the monotonic clock twice.
 func BenchmarkClock(b *testing.B) {
 	var sink int64
+	defer threadCPU(b)()
 	for b.Loop() {
 		sink += monoNow() - monoNow()
 	}

@@ -72,17 +72,25 @@ type Span struct {
 // parent, the context read from the frame or header (Parse, ParseHeader) or
 // another span's SpanContext; an invalid parent starts a new trace. The
 // sampling decision is made here, once (see the package doc).
-func (t *Tracer) Start(parent trace.SpanContext, name string, kind trace.SpanKind, m Message) Span {
-	return t.StartLinked(parent, name, kind, m, nil)
+func (t *Tracer) Start(parent trace.SpanContext, name string, kind trace.SpanKind, m Message) (s Span) {
+	t.start(&s, parent, name, kind, &m, nil)
+	return s
 }
 
 // StartLinked is Start with links to other spans: a push that a group
 // fan-out starts links to the span that fanned out (FanoutLink). links is
 // kept, not copied: do not change it afterwards.
 func (t *Tracer) StartLinked(parent trace.SpanContext, name string, kind trace.SpanKind, m Message, links []trace.Link) (s Span) {
+	t.start(&s, parent, name, kind, &m, links)
+	return s
+}
+
+// start fills the caller's result in place: a Span is some 400 bytes, and
+// copying it once more costs as much as the rest of an unsampled span.
+func (t *Tracer) start(s *Span, parent trace.SpanContext, name string, kind trace.SpanKind, m *Message, links []trace.Link) {
 	if t == nil {
 		s.d.sc = parent
-		return s
+		return
 	}
 	var scc trace.SpanContextConfig
 	if parent.IsValid() {
@@ -105,10 +113,11 @@ func (t *Tracer) StartLinked(parent trace.SpanContext, name string, kind trace.S
 	s.d.parent = parent
 	s.d.name = name
 	s.d.kind = kind
-	s.d.msg = m
+	s.d.msg = *m
 	s.d.links = links
-	s.d.start = monoNow()
-	return s
+	if s.sampled || t.tailOn {
+		s.d.start = monoNow()
+	}
 }
 
 // Ids come from math/rand/v2's per-thread ChaCha8 generator: random enough
@@ -221,8 +230,11 @@ func (s *Span) End() {
 		return
 	}
 	s.ended = true
-	s.d.end = monoNow()
 	t := s.t
+	if !s.sampled && !t.tailOn {
+		return // head sampling only: an unsampled span is not recorded
+	}
+	s.d.end = monoNow()
 	if s.sampled {
 		t.export(&s.d)
 		return

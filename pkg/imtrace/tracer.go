@@ -64,7 +64,7 @@ type Config struct {
 	BatchSize     int           // spans per OTLP request at most (DefaultBatchSize)
 	BatchTimeout  time.Duration // a batch is sent at least this often (DefaultBatchTimeout)
 	ExportTimeout time.Duration // one OTLP request (DefaultExportTimeout)
-	TailBuffer    int           // ended spans of unsampled traces kept for promotion (DefaultTailBuffer)
+	TailBuffer    int           // ended spans of unsampled traces kept for promotion (DefaultTailBuffer); negative: no tail part
 	TailWindow    time.Duration // how long an ended unsampled span may still be promoted (DefaultTailWindow)
 }
 
@@ -123,7 +123,7 @@ func (c Config) Validate() error {
 	for _, f := range []struct {
 		name string
 		v    int64
-	}{{"queue_size", int64(c.QueueSize)}, {"batch_size", int64(c.BatchSize)}, {"tail_buffer", int64(c.TailBuffer)},
+	}{{"queue_size", int64(c.QueueSize)}, {"batch_size", int64(c.BatchSize)},
 		{"batch_timeout", int64(c.BatchTimeout)}, {"export_timeout", int64(c.ExportTimeout)}, {"tail_window", int64(c.TailWindow)}} {
 		if f.v < 0 {
 			errs = append(errs, fmt.Errorf("%s: must not be negative", f.name))
@@ -139,6 +139,7 @@ type Tracer struct {
 	scope    instrumentation.Scope
 	ratio    sdktrace.Sampler // TraceIDRatioBased: the root decision
 	slow     int64            // ns; <0 never
+	tailOn   bool             // unsampled spans are recorded for promotion
 	out      sdktrace.SpanProcessor
 	bounded  *boundedProcessor // nil with Config.Processor
 	recycle  bool              // records go back to the pool after export
@@ -157,7 +158,7 @@ type counters struct {
 // as metrics.
 type Stats struct {
 	Sampled       uint64 // hop spans sampled at start (ratio, parent or probe)
-	Unsampled     uint64 // hop spans not sampled at start, kept in the tail buffer
+	Unsampled     uint64 // hop spans not sampled at start (kept in the tail buffer unless it is off)
 	Promoted      uint64 // unsampled spans exported after all: their trace had an error or a slow span
 	TailDropped   uint64 // unsampled spans pushed out of the full tail buffer within TailWindow
 	Exported      uint64 // spans the exporter accepted
@@ -202,7 +203,8 @@ func New(cfg Config) (*Tracer, error) {
 		ratio: sdktrace.TraceIDRatioBased(cfg.Ratio),
 		slow:  int64(cfg.Slow),
 	}
-	t.tail.init(t, cfg.TailBuffer, cfg.TailWindow)
+	t.tailOn = cfg.TailBuffer > 0
+	t.tail.init(t, max(cfg.TailBuffer, 0), cfg.TailWindow)
 	if cfg.Processor != nil {
 		t.out = cfg.Processor
 	} else {

@@ -459,3 +459,21 @@ func TestUnsampledSpanDoesNotAllocate(t *testing.T) {
 		t.Errorf("an unsampled span allocates %v times", n)
 	}
 }
+
+func TestTailOff(t *testing.T) {
+	tr, rec := newTestTracer(t, Config{Ratio: 0, TailBuffer: -1, Slow: time.Nanosecond})
+	sp := tr.Start(trace.SpanContext{}, SpanLogicHandle, trace.SpanKindServer, Message{})
+	sp.SetErrorCode("unavailable", "x")
+	sp.End()
+	probe := tr.Start(trace.SpanContext{}, SpanProbeRound, trace.SpanKindInternal, Message{Probe: true})
+	probe.End()
+	if got := rec.Ended(); len(got) != 1 || got[0].Name() != SpanProbeRound || got[0].EndTime().Before(got[0].StartTime()) {
+		t.Fatalf("with the tail off, exported %v", got)
+	}
+	if n := testing.AllocsPerRun(1000, func() {
+		sp := tr.Start(benchUnsampled, SpanLogicHandle, trace.SpanKindServer, benchMsg)
+		sp.End()
+	}); n != 0 {
+		t.Errorf("an unsampled span allocates %v times", n)
+	}
+}
