@@ -312,23 +312,14 @@ func (r *record) fill(t *Tracer, d *spanData) {
 		a = append(a, op)
 	}
 	m := &d.msg
-	if m.ID != "" {
-		a = append(a, KeyMessageID.String(m.ID))
-	}
-	if m.ClientID != "" {
-		a = append(a, KeyClientMsgID.String(m.ClientID))
-	}
-	if m.Conv != "" {
-		a = append(a, KeyConversationID.String(m.Conv))
-	}
-	if m.Dest != "" {
-		a = append(a, KeyDestination.String(m.Dest))
-	}
-	if m.User != "" {
-		a = append(a, KeyUser.String(m.User))
-	}
-	if m.Recipient != "" {
-		a = append(a, KeyRecipient.String(m.Recipient))
+	for _, f := range [...]struct {
+		k attribute.Key
+		v string
+	}{{KeyMessageID, m.ID}, {KeyClientMsgID, m.ClientID}, {KeyConversationID, m.Conv},
+		{KeyDestination, m.Dest}, {KeyUser, m.User}, {KeyRecipient, m.Recipient}} {
+		if f.v != "" {
+			a = append(a, f.k.String(f.v))
+		}
 	}
 	if m.Seq != 0 {
 		a = append(a, KeySeq.Int64(int64(m.Seq)))
