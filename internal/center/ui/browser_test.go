@@ -206,8 +206,16 @@ func contractTrace() map[string]any {
 	spans[0]["events"] = []any{map[string]any{"name": "sent " + evil, "time": at(1).Format(time.RFC3339Nano), "attributes": map[string]any{"k": evil}}}
 	spans[0]["links"] = []any{map[string]any{"trace_id": fanoutID, "span_id": "b000000000000001", "attributes": map[string]any{}}}
 	spans[5]["missing_parent"] = true
+	depth := []int{0, 1, 2, 3, 2, 0}
+	for i, sp := range spans {
+		sp["depth"] = depth[i]
+		st, _ := time.Parse(time.RFC3339Nano, sp["start"].(string))
+		sp["offset_ms"] = float64(st.Sub(t0)) / 1e6
+	}
 	return map[string]any{"trace_id": traceID,
-		"root":  map[string]any{"name": "im.client.send", "service": "imwatch-client", "start": at(0).Format(time.RFC3339Nano), "duration_ms": 40, "status": "error"},
+		"root": map[string]any{"span_id": "a000000000000001", "name": "im.client.send", "service": "imwatch-client", "instance": "alice-d1",
+			"is_root": true, "start": at(0).Format(time.RFC3339Nano), "duration_ms": 40, "span_count": 6, "error_count": 1, "missing_parents": 1,
+			"services": []string{"gateway", "imwatch-client", "logic"}, "error": true},
 		"spans": spans, "broken": true,
 		"gaps": []any{map[string]any{"after_span_id": "a000000000000003", "before_span_id": "a000000000000005", "start": at(24).Format(time.RFC3339Nano), "duration_ms": 6}}}
 }
@@ -271,6 +279,12 @@ func TestPagesAgainstContract(t *testing.T) {
 func TestTraceSearchByMessageIDOpensWaterfall(t *testing.T) {
 	f := startFake(t, true)
 	b := uitest.Start(t)
+	// A search without a message id lists the traces.
+	b.Open(f.srv.URL+"/#/traces?search=1", "traces", 30*time.Second)
+	rowsText := uitest.Eval[[]string](b, `[...document.querySelectorAll('table.traces tbody tr')].map(r => [...r.cells].slice(1).map(c => c.textContent).join('|'))`)
+	if len(rowsText) != 2 || rowsText[0] != traceID+"|im.client.send|imwatch-client|40 ms|6|errorbroken" {
+		t.Errorf("search results %q", rowsText)
+	}
 	b.Open(f.srv.URL+"/#/traces", "traces", 30*time.Second)
 	b.Do(30*time.Second,
 		chromedp.SendKeys(chromedp.CSS(`form.search input[name=msg_id]`), "m-1"),

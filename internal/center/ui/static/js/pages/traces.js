@@ -77,13 +77,14 @@ function renderSearch(ctx) {
           h('td', null, Number.isFinite(s.start) ? fmtTime(s.start, true, true) : '–'),
           h('td', null, h('a.tracelink', {href: ctx.href('traces/' + encodeURIComponent(t.trace_id))}, t.trace_id)),
           h('td', null, s.name), h('td', null, s.service), h('td', null, fmtMs(s.duration)),
-          h('td', null, String((t.spans || []).length || s.spans || '')),
+          h('td', null, String(s.spans ?? (t.spans || []).length)),
           h('td', null, s.error ? h('span.badge.bad', null, 'error') : null, t.broken ? h('span.badge.warn', null, 'broken') : null));
       }))));
   };
 }
 
-// summary reads a trace's root summary, or works it out from its spans.
+// summary reads a trace's root summary (docs/center.md: name, service,
+// start, duration_ms, span_count, error), or works it out from its spans.
 export function summary(t) {
   const spans = t.spans || [];
   const root = t.root || spans.find((x) => !x.parent_span_id) || spans[0] || {};
@@ -93,7 +94,7 @@ export function summary(t) {
   const duration = root.duration_ms ?? (ends.length ? Math.max(...ends) - Math.min(...starts) : NaN);
   return {
     name: root.name || '?', service: root.service || '?', start, duration,
-    error: root.status === 'error' || spans.some((x) => x.status === 'error'), spans: root.span_count,
+    error: root.error === true || root.status === 'error' || spans.some((x) => x.status === 'error'), spans: root.span_count,
   };
 }
 
@@ -193,7 +194,8 @@ function waterfall(ctx, t) {
       h('span', null, h('b', null, s.name), ` · ${services.join(', ')} · ${spans.length} spans · ${fmtMs(total)} · started ${fmtTime(t0, true, true)}`),
       s.error ? h('span.badge.bad', null, 'error') : null,
       t.broken ? h('span.badge.warn', {title: 'a span lost its parent, or a hop left no span'}, 'broken') : null,
-      (t.gaps || []).length ? h('span.badge.warn', null, `${t.gaps.length} untraced gap(s)`) : null),
+      (t.gaps || []).length ? h('span.badge.warn', null, `${t.gaps.length} untraced gap(s)`) : null,
+      t.truncated ? h('span.badge.warn', {title: 'the trace has more spans than the API gives; these are the earliest'}, 'truncated') : null),
     h('div.waterfall', null,
       h('div.wrow.whead', null, ['hop', 'service', 'instance', 'offset', '', 'duration'].map((x) => h('div', null, x))),
       rows));
