@@ -9,13 +9,12 @@ import {bucketQuantile} from '../stats.js';
 // q quotes a label value for PromQL.
 export const q = (v) => JSON.stringify(String(v));
 
-// Probe metrics: the names of issue 6 first, the names the default rules
-// were written with as a fallback (docs/ui.md). Each takes f(metric name)
-// and gives the union of f over both names.
-const either = (a, b) => (f) => `(${f(a)} or ${f(b)})`;
+// Probe metrics (issue 6, docs/metrics.md of the probe branch). Each takes
+// f(metric name) and gives the selector, so that a rename is one line here.
+const one = (a) => (f) => f(a);
 export const PROBE = {
-  success: either('probe_success', 'imwatch_probe_success'),
-  latencyBucket: either('probe_e2e_latency_seconds_bucket', 'imwatch_probe_round_trip_seconds_bucket'),
+  success: one('probe_success'),
+  latencyBucket: one('probe_e2e_latency_seconds_bucket'),
 };
 
 // chart makes a Chart whose drag sets the page's range.

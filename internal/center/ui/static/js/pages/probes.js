@@ -17,6 +17,8 @@ function render(ctx) {
   const rounds = chart(ctx, {title: 'Probe messages', unit: 'msg/s', help: 'sent, received and lost per second'});
   const lat = chart(ctx, {title: 'End-to-end latency p50 / p99', unit: 'seconds'});
   const reasons = chart(ctx, {title: 'Failed rounds by reason', unit: '/s'});
+  const steps = chart(ctx, {title: 'Step duration p99', unit: 'seconds', help: 'connect, login, send → server ack, send → receipt'});
+  const oddities = chart(ctx, {title: 'Duplicated, reordered and late messages', unit: 'msg/s'});
   const list = h('div.failures');
   const filters = h('form.toolbar', {onsubmit: (e) => {
     e.preventDefault();
@@ -25,7 +27,7 @@ function render(ctx) {
   }}, h('label', null, 'target ', h('input', {name: 'target', value: target, size: 14})),
   h('label', null, 'location ', h('input', {name: 'location', value: location, size: 14})),
   h('button', {type: 'submit'}, 'filter'));
-  ctx.root.append(filters, grid(avail.el, rounds.el, lat.el, reasons.el), section('Recent failures', list));
+  ctx.root.append(filters, grid(avail.el, rounds.el, lat.el, reasons.el, steps.el, oddities.el), section('Recent failures', list));
   const none = 'no probe results in this time range: no prober reports to this center';
   return async () => {
     await Promise.all([
@@ -38,6 +40,14 @@ function render(ctx) {
         [0.5, 0.99], (m, p) => `p${p * 100} ${where(m)}`, none),
       fill(ctx, reasons, [{q: (r) => `sum by (reason) (rate(probe_failures_total{${sel}}[${r.w}]))`, name: (m) => m.reason}],
         'no failed probe round in this time range'),
+      fill(ctx, steps, [{
+        q: (r) => `histogram_quantile(0.99, sum by (step, le) (rate(probe_step_duration_seconds_bucket{${sel}}[${r.w}])))`,
+        name: (m) => m.step,
+      }], none),
+      fill(ctx, oddities, ['duplicated', 'reordered', 'late'].map((k) => ({
+        q: (r) => `sum by (target, location) (rate(probe_messages_${k}_total{${sel}}[${r.w}]))`,
+        name: (m) => `${k} ${where(m)}`,
+      })), none),
       fillFailures(ctx, list, target, location),
     ]);
   };
