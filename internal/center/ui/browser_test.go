@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/prometheus/prometheus/promql/parser"
 
 	"github.com/imwatch/imwatch/internal/center/ui"
 	"github.com/imwatch/imwatch/internal/center/ui/uitest"
@@ -54,12 +55,26 @@ func startFake(t *testing.T, withTraces bool) *fakeCenter {
 	ok := func(w http.ResponseWriter, data any) { writeJSON(w, map[string]any{"status": "success", "data": data}) }
 	metric := map[string]string{"__name__": "imwatch_im_requests_total", "service": "gateway", "instance": "gw-1", "stage": "sent",
 		"target": "local-im", "location": "lab-1", "evil": evil}
+	// Every query the pages send must be PromQL the center accepts: the fake
+	// parses it with Prometheus's parser and refuses it as the center would.
+	promql := parser.NewParser(parser.Options{})
+	valid := func(w http.ResponseWriter, r *http.Request) bool {
+		if _, err := promql.ParseExpr(r.FormValue("query")); err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			writeJSON(w, map[string]any{"status": "error", "errorType": "bad_data", "error": err.Error()})
+			return false
+		}
+		return true
+	}
 	// Without the trace store there are no span metrics either.
 	noSpans := func(r *http.Request) bool {
 		q := r.FormValue("query")
 		return !withTraces && (strings.Contains(q, "imwatch_service_graph_") || strings.Contains(q, "imwatch_span_"))
 	}
 	mux.HandleFunc("GET /api/v1/query_range", func(w http.ResponseWriter, r *http.Request) {
+		if !valid(w, r) {
+			return
+		}
 		if noSpans(r) {
 			ok(w, map[string]any{"resultType": "matrix", "result": []any{}})
 			return
@@ -87,6 +102,9 @@ func startFake(t *testing.T, withTraces bool) *fakeCenter {
 	})
 	mux.HandleFunc("GET /api/v1/query", func(w http.ResponseWriter, r *http.Request) {
 		f.queries.Add(1)
+		if !valid(w, r) {
+			return
+		}
 		if noSpans(r) {
 			ok(w, map[string]any{"resultType": "vector", "result": []any{}})
 			return

@@ -11,7 +11,7 @@ export const q = (v) => JSON.stringify(String(v));
 
 // Probe metrics (issue 6, docs/metrics.md of the probe branch). Each takes
 // f(metric name) and gives the selector, so that a rename is one line here.
-const one = (a) => (f) => f(a);
+const one = (a) => (f) => `(${f(a)})`;
 export const PROBE = {
   success: one('probe_success'),
   latencyBucket: one('probe_e2e_latency_seconds_bucket'),
