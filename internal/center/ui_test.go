@@ -51,8 +51,8 @@ func TestUIWithBearerToken(t *testing.T) {
 		}
 		if tc.path == "/ui/features.json" {
 			var f map[string]bool
-			if err := json.Unmarshal(body, &f); err != nil || !f["auth"] || f["traces"] {
-				t.Errorf("features %s (%v): want auth on and no trace store", body, err)
+			if err := json.Unmarshal(body, &f); err != nil || !f["auth"] {
+				t.Errorf("features %s (%v): want auth on", body, err)
 			}
 		}
 	}

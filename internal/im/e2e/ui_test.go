@@ -93,6 +93,29 @@ func TestUIAgainstUp(t *testing.T) {
 		})
 	}
 
+	// What the pages can show depends on what this build has: the trace
+	// store (issue 5) and a prober in imwatch up (issue 6).
+	var feats struct {
+		Traces bool `json:"traces"`
+	}
+	if err := getJSON(base+"/ui/features.json", &feats); err != nil {
+		t.Fatal(err)
+	}
+	probes, err := centertest.Query(base, "probe_success", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	overviewTexts := []string{"UITestFiring", evilLabel}
+	tracesTexts := []string{"Search the traces"}
+	if !feats.Traces {
+		overviewTexts = append(overviewTexts, "No trace store yet")
+		tracesTexts = []string{"No trace store yet"}
+	}
+	probeCharts, probeTexts := []string{"Availability"}, []string(nil)
+	if len(probes) == 0 {
+		probeCharts, probeTexts = nil, []string{"no probe results"}
+	}
+
 	dir := uitest.ArtifactsDir(t)
 	range5m := "range=5m"
 	for _, tc := range []struct {
@@ -100,12 +123,11 @@ func TestUIAgainstUp(t *testing.T) {
 		charts      []string // charts that must hold data
 		texts       []string // shown as text somewhere on the page
 	}{
-		{"overview", range5m, []string{"Message throughput by stage", "Error ratio by service", "Message end-to-end latency p50 / p99"},
-			[]string{"UITestFiring", evilLabel, "No trace store yet"}},
+		{"overview", range5m, []string{"Message throughput by stage", "Error ratio by service", "Message end-to-end latency p50 / p99"}, overviewTexts},
 		{"services", range5m, []string{"Requests per instance", "Requests, cluster, by operation", "Error ratio per instance", "Stage duration p99 per instance"}, nil},
 		{"hosts", range5m, []string{"CPU busy by mode", "Memory", "Load average", "Network bandwidth", "Network packets"}, nil},
-		{"probes", range5m, nil, []string{"no probe results"}},
-		{"traces", range5m, nil, []string{"No trace store yet"}},
+		{"probes", range5m, probeCharts, probeTexts},
+		{"traces", range5m, nil, tracesTexts},
 		{"alerts", range5m, []string{"Active alerts over time"}, []string{"UITestFiring", "UITestPending", evilLabel, "<script>alert(2)</script> fires for the UI test"}},
 		{"explore", range5m + "&q=" + url.QueryEscape("imwatch_ui_escape_test"), []string{"imwatch_ui_escape_test"}, []string{evilLabel}},
 	} {
