@@ -42,6 +42,7 @@ type fakeCenter struct {
 	srv        *httptest.Server
 	traceCalls atomic.Int64
 	queries    atomic.Int64 // instant queries answered
+	limits     atomic.Value // the last limit parameter of a range query
 }
 
 func startFake(t *testing.T, withTraces bool) *fakeCenter {
@@ -72,6 +73,9 @@ func startFake(t *testing.T, withTraces bool) *fakeCenter {
 		return !withTraces && (strings.Contains(q, "imwatch_service_graph_") || strings.Contains(q, "imwatch_span_"))
 	}
 	mux.HandleFunc("GET /api/v1/query_range", func(w http.ResponseWriter, r *http.Request) {
+		if l := r.FormValue("limit"); l != "" {
+			f.limits.Store(l)
+		}
 		if !valid(w, r) {
 			return
 		}
@@ -285,6 +289,9 @@ func TestPagesAgainstContract(t *testing.T) {
 			}
 		}
 		b.Screenshot(dir, page)
+	}
+	if l, _ := f.limits.Load().(string); l != "200" {
+		t.Errorf("explore asked for a range with limit %q, want 200", l)
 	}
 	// What the fake answered with HTML in it shows as text.
 	b.Go("#/alerts", "alerts", 30*time.Second)

@@ -58,11 +58,12 @@ const sec = (ms) => (ms / 1000).toFixed(3);
 
 // Prometheus-compatible API. Times are milliseconds since the epoch.
 export const prom = {
-  async query(q, time, signal) {
-    return (await getJSON('/api/v1/query', {query: q, time: time ? sec(time) : undefined}, signal)).data;
+  // limit: at most this many series (the center's limit parameter).
+  async query(q, time, signal, limit) {
+    return (await getJSON('/api/v1/query', {query: q, time: time ? sec(time) : undefined, limit}, signal)).data;
   },
-  async range(q, start, end, stepMs, signal) {
-    const body = await getJSON('/api/v1/query_range', {query: q, start: sec(start), end: sec(end), step: stepMs / 1000}, signal);
+  async range(q, start, end, stepMs, signal, limit) {
+    const body = await getJSON('/api/v1/query_range', {query: q, start: sec(start), end: sec(end), step: stepMs / 1000, limit}, signal);
     return body.data.result;
   },
   async series(match, start, end, signal) {

@@ -10,6 +10,7 @@ export const PALETTE = ['#2f6fdf', '#e8590c', '#2b9a66', '#c2255c', '#7048e8', '
 
 const M = {left: 44, right: 14, top: 10, bottom: 26}; // plot margins, px
 const MAX_LEGEND = 24;
+const MAX_SERIES = 200; // lines drawn; the rest are counted, not drawn
 
 // Charts on the page, redrawn at their new width when the window changes.
 const charts = new Set();
@@ -48,7 +49,8 @@ export class Chart {
   // setData draws series [{name, points: [[ms, value], ...]}] over range
   // {start, end, step} (ms); empty series show emptyText instead.
   setData(series, range, emptyText = 'no data in this time range') {
-    this.series = series.map((x, i) => ({...x, color: x.color || PALETTE[i % PALETTE.length]}));
+    this.total = series.length;
+    this.series = series.slice(0, MAX_SERIES).map((x, i) => ({...x, color: x.color || PALETTE[i % PALETTE.length]}));
     this.range = range;
     const points = this.series.reduce((n, x) => n + x.points.filter((p) => Number.isFinite(p[1])).length, 0);
     this.el.dataset.points = String(points);
@@ -229,7 +231,8 @@ export class Chart {
           this.draw();
         },
       }, h('span.swatch', {style: {background: x.color}}), x.name));
-    clear(this.legend, items, this.series.length > MAX_LEGEND ? h('span.muted', null, `and ${this.series.length - MAX_LEGEND} more`) : null);
+    clear(this.legend, items, this.series.length > MAX_LEGEND ? h('span.muted', null, `and ${this.series.length - MAX_LEGEND} more`) : null,
+      this.total > this.series.length ? h('span.muted', null, `(${this.total - this.series.length} more series not drawn: narrow the query)`) : null);
   }
 }
 

@@ -13,6 +13,10 @@ const EXAMPLES = [
   'up',
 ];
 
+// The chart and the table ask the center for at most this many series.
+const CHART_LIMIT = 200;
+const TABLE_LIMIT = 1000;
+
 function render(ctx) {
   const expr = ctx.params.get('q') || '';
   const box = h('textarea.promql', {name: 'q', rows: 3, spellcheck: 'false', placeholder: 'PromQL, e.g. ' + EXAMPLES[0], 'aria-label': 'PromQL expression'});
@@ -51,8 +55,8 @@ function render(ctx) {
   return async () => {
     const r = ctx.range();
     const [rangeRes, inst] = await Promise.allSettled([
-      prom.range(expr, r.start, r.end, r.step, ctx.signal),
-      prom.query(expr, r.live ? undefined : r.end, ctx.signal),
+      prom.range(expr, r.start, r.end, r.step, ctx.signal, CHART_LIMIT),
+      prom.query(expr, r.live ? undefined : r.end, ctx.signal, TABLE_LIMIT),
     ]);
     for (const x of [rangeRes, inst]) if (x.status === 'rejected' && x.reason.name === 'AbortError') return;
     if (rangeRes.status === 'fulfilled') {
@@ -85,7 +89,8 @@ function resultTable(d) {
     h('td.num', null, t === 'matrix'
       ? x.values.map(([ts, v]) => `${v} @${fmtTime(ts * 1000, false, true)}`).join('\n')
       : x.value ? x.value[1] : (x.histogram ? 'native histogram' : ''))));
-  return h('div', null, h('p.muted.small', null, `${d.result.length} series (${t})`),
+  return h('div', null, h('p.muted.small', null, `${d.result.length} series (${t})`,
+    d.result.length >= TABLE_LIMIT ? ` — the first ${TABLE_LIMIT}: narrow the query to see the rest` : ''),
     h('table.resulttable', null, h('thead', null, h('tr', null, h('th', null, 'series'), h('th', null, 'value'))), h('tbody', null, rows)));
 }
 
