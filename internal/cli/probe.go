@@ -70,4 +70,3 @@ func runProbe(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 }
-

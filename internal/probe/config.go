@@ -64,8 +64,8 @@ type Target struct {
 	Protocol string `yaml:"protocol"`
 	// Address is host:port (xmpp, mqtt; mqtts:// or ssl:// for MQTT over
 	// TLS) or the gateway's ws:// URL (imwatch).
-	Address  string    `yaml:"address"`
-	Accounts []Account `yaml:"accounts"`
+	Address  string          `yaml:"address"`
+	Accounts []Account       `yaml:"accounts"`
 	Interval config.Duration `yaml:"interval"`
 	Timeout  config.Duration `yaml:"timeout"`
 	// FreshLogin makes every round log in anew on new connections and log

@@ -106,9 +106,9 @@ const (
 )
 
 type targetMetrics struct {
-	success                                                     prometheus.Gauge
-	e2e                                                         prometheus.Observer
+	success                                                    prometheus.Gauge
+	e2e                                                        prometheus.Observer
 	sent, received, lost, duplicated, reordered, late, foreign prometheus.Counter
-	failures                                                    map[string]prometheus.Counter
-	steps                                                       map[string]prometheus.Observer
+	failures                                                   map[string]prometheus.Counter
+	steps                                                      map[string]prometheus.Observer
 }

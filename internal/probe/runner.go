@@ -23,14 +23,14 @@ import (
 // to itself: one link from its "tx" connection to its "rx" connection.
 // With n accounts, n links in a ring: account i sends to account i+1.
 type runner struct {
-	p     *Prober
-	t     Target
-	drv   Driver
-	m     *targetMetrics
-	log   *slog.Logger
-	links []*link
-	keeps []*keeper
-	attrs []attribute.KeyValue
+	p      *Prober
+	t      Target
+	drv    Driver
+	m      *targetMetrics
+	log    *slog.Logger
+	links  []*link
+	keeps  []*keeper
+	attrs  []attribute.KeyValue
 	loc    string
 	tracer trace.Tracer
 
