@@ -127,3 +127,5 @@ func contains(s string, subs ...string) bool {
 	}
 	return false
 }
+
+var lookupEnv = os.LookupEnv
