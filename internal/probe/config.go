@@ -76,9 +76,10 @@ type Target struct {
 	SecretFile string `yaml:"secret_file"`
 	SecretEnv  string `yaml:"secret_env"`
 
-	// Domain is the XMPP domain when it differs from the accounts' JIDs.
-	// StartTLS (default true) requires STARTTLS; SASLMechanisms are tried
-	// in order (default SCRAM-SHA-256, SCRAM-SHA-1, PLAIN).
+	// StartTLS (default true) requires STARTTLS on XMPP; the server's
+	// certificate must be valid for the accounts' domain (or
+	// tls.server_name). SASLMechanisms are tried in order (default
+	// SCRAM-SHA-256, SCRAM-SHA-1, PLAIN).
 	StartTLS       *bool    `yaml:"starttls"`
 	SASLMechanisms []string `yaml:"sasl_mechanisms"`
 

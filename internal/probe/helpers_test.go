@@ -1,6 +1,7 @@
 package probe
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -105,7 +106,11 @@ func startProber(t testing.TB, cfg Config, opts Options) *Prober {
 	if err := p.Start(t.Context()); err != nil {
 		t.Fatalf("start prober: %v", err)
 	}
-	t.Cleanup(func() { p.Stop(t.Context()) })
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		p.Stop(ctx)
+	})
 	return p
 }
 

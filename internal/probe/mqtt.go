@@ -13,9 +13,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/eclipse/paho.golang/paho"
 	paho3 "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
-	"github.com/eclipse/paho.golang/paho"
 )
 
 // mqttDriver probes an MQTT broker at QoS 1: each connection subscribes to

@@ -82,6 +82,7 @@ const (
 type doneEntry struct {
 	seq   uint64
 	state uint8
+	sent  int64 // Unix ns, for receipts that come after the round
 }
 
 // RoundResult is the outcome of one round, for Options.OnRound.
@@ -355,6 +356,16 @@ func traceparent(s trace.Span) string {
 //
 // Anything else on a probe connection is foreign.
 func (r *runner) deliver(d Delivery) {
+	if d.Receipt {
+		r.mu.Lock()
+		if rd := r.inflight[d.Seq]; rd != nil {
+			r.m.steps[StepReceipt].Observe(d.At.Sub(rd.sent).Seconds())
+		} else if e := r.ring[d.Seq%uint64(len(r.ring))]; e.seq == d.Seq && e.sent > 0 {
+			r.m.steps[StepReceipt].Observe(d.At.Sub(time.Unix(0, e.sent)).Seconds())
+		}
+		r.mu.Unlock()
+		return
+	}
 	m, err := ParseMessage(d.Body)
 	if err != nil || m.Run != r.p.run || m.Location != r.loc || m.Target != r.t.Name {
 		r.m.foreign.Inc()
@@ -426,7 +437,7 @@ func (r *runner) finish(rd *round, at time.Time) {
 			state = stateLost
 			r.m.lost.Inc()
 		}
-		r.ring[rd.seq%uint64(len(r.ring))] = doneEntry{seq: rd.seq, state: state}
+		r.ring[rd.seq%uint64(len(r.ring))] = doneEntry{seq: rd.seq, state: state, sent: rd.sent.UnixNano()}
 	}
 	ok := rd.reason == "" && rd.acked && rd.received
 	l := rd.l

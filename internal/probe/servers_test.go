@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -141,4 +142,68 @@ func noSecrets(t testing.TB, what, text string, secrets ...string) {
 			t.Errorf("%s contains a password", what)
 		}
 	}
+}
+
+// prosody is a real Prosody started by a test, with its probe accounts.
+type prosody struct {
+	*server
+	ca string // the self-signed certificate clients trust
+}
+
+// startProsody runs the Debian prosody on a free port for the domain
+// localhost, STARTTLS required with a self-signed certificate, and
+// registers users (user -> password) with prosodyctl.
+func startProsody(t testing.TB, users map[string]string) *prosody {
+	t.Helper()
+	bin := findBinary(t, "prosody", "prosody")
+	ctl := findBinary(t, "prosodyctl", "prosody")
+	openssl := imtest.RequireBinary(t, "openssl", "openssl")
+	dir := t.TempDir()
+	crt, key := filepath.Join(dir, "localhost.crt"), filepath.Join(dir, "localhost.key")
+	if out, err := exec.Command(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
+		"-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost").CombinedOutput(); err != nil {
+		t.Fatalf("openssl: %v: %s", err, out)
+	}
+	port := imtest.FreePort(t)
+	u, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := user.LookupGroupId(u.Gid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := fmt.Sprintf(`-- written by the imwatch probe tests
+prosody_user = %q
+prosody_group = %q
+run_as_root = true
+pidfile = %q
+data_path = %q
+certificates = %q
+modules_enabled = { "roster"; "saslauth"; "tls"; "disco"; "ping" }
+modules_disabled = { "s2s" }
+c2s_ports = { %d }
+c2s_interfaces = { "127.0.0.1" }
+c2s_direct_tls_ports = { }
+s2s_ports = { }
+log = { { levels = { min = "warn" }, to = "console" } }
+authentication = "internal_hashed"
+c2s_require_encryption = true
+ssl = { certificate = %q; key = %q }
+VirtualHost "localhost"
+`, u.Username, g.Name, filepath.Join(dir, "prosody.pid"), filepath.Join(dir, "data"), dir, port, crt, key)
+	cfg := writeFile(t, dir, "prosody.cfg.lua", conf)
+	if err := os.MkdirAll(filepath.Join(dir, "data"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for name, pw := range users {
+		local, domain, _ := strings.Cut(name, "@")
+		if out, err := exec.Command(ctl, "--config", cfg, "register", local, domain, pw).CombinedOutput(); err != nil {
+			t.Fatalf("prosodyctl register %s: %v: %s", local, err, out)
+		}
+	}
+	s := &server{t: t, name: "prosody", bin: bin, args: []string{"--config", cfg, "-F"}, addr: "127.0.0.1:" + strconv.Itoa(port)}
+	s.start()
+	t.Cleanup(s.stop)
+	return &prosody{server: s, ca: crt}
 }
