@@ -371,8 +371,11 @@ func (t *Target) validate(path string) []error {
 	if t.Interval < config.Duration(100*time.Millisecond) {
 		add("interval", "%s: must be at least 100ms", t.Interval)
 	}
-	if t.Timeout <= 0 || t.Timeout > t.Interval {
-		add("timeout", "%s: must be positive and at most the interval (%s)", t.Timeout, t.Interval)
+	// A timeout longer than the interval lets rounds of one link overlap:
+	// that is what lets a message overtaken by a later one count as
+	// reordered rather than late.
+	if t.Timeout <= 0 || t.Timeout > 10*t.Interval || t.Timeout > config.Duration(5*time.Minute) {
+		add("timeout", "%s: must be positive, at most 10 intervals (%s) and at most 5m", t.Timeout, 10*t.Interval)
 	}
 	if len(t.Accounts) > MaxAccounts {
 		add("accounts", "%d accounts: at most %d", len(t.Accounts), MaxAccounts)
