@@ -34,6 +34,9 @@ var theDouble = &double{eps: map[string]*doubleEndpoint{}, held: map[uint64]func
 
 func init() { drivers["double"] = doubleDriver{} }
 
+// doubleTrace, when set, sees every message sent through the double.
+var doubleTrace func(Message)
+
 type doubleDriver struct{}
 
 func (doubleDriver) Open(_ context.Context, req OpenRequest) (Endpoint, error) {
@@ -72,6 +75,9 @@ func (e *doubleEndpoint) Send(ctx context.Context, to string, m Message) error {
 	}
 	dest := d.eps[to]
 	d.mu.Unlock()
+	if doubleTrace != nil {
+		doubleTrace(m)
+	}
 	if a.sendErr {
 		return failf(ReasonSend, "refused by the double")
 	}
