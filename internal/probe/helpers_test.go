@@ -134,3 +134,5 @@ func contains(s string, subs ...string) bool {
 }
 
 var lookupEnv = os.LookupEnv
+
+func sprintf(format string, args ...any) string { return fmt.Sprintf(format, args...) }
