@@ -406,7 +406,7 @@ func (t *Target) validate(path string) []error {
 		if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
 			add("address", "%q: want the gateway's WebSocket URL, e.g. ws://127.0.0.1:7080/ws", t.Address)
 		}
-		if (t.SecretFile == "") == (t.SecretEnv == "") {
+		if len(t.Secret) == 0 && (t.SecretFile == "") == (t.SecretEnv == "") {
 			add("secret_file", "give the token secret in secret_file or secret_env (one of them)")
 		}
 		for j, a := range t.Accounts {

@@ -187,7 +187,14 @@ type sender struct {
 	maxWait time.Duration
 
 	mu     sync.Mutex
-	warned bool
+	warned bool // the last request failed (and that was logged)
+}
+
+// failing says whether the center is not taking this queue's records.
+func (s *sender) failing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.warned
 }
 
 func newSender(name string, q *Queue, center Center, path string, header http.Header, m *senderMetrics, log *slog.Logger) *sender {

@@ -58,8 +58,9 @@ type pipeline struct {
 	qm, qt *Queue
 	cancel context.CancelFunc // of the senders and the pusher
 	wg     sync.WaitGroup
-	sendWG sync.WaitGroup
-	sendCx context.CancelFunc
+	sendWG  sync.WaitGroup
+	sendCx  context.CancelFunc
+	senders []*sender
 }
 
 // New makes a prober for cfg; Start starts it.
@@ -127,6 +128,7 @@ func (p *Prober) startPipeline(cfg Config) (*pipeline, error) {
 		if cfg.Center.TracesOn() {
 			senders = append(senders, newSender(queueTraces, qt, cfg.Center, "/v1/traces", otlpHeader, p.sm, p.log))
 		}
+		pl.senders = senders
 		for _, s := range senders {
 			pl.sendWG.Add(1)
 			go func() { defer pl.sendWG.Done(); s.run(sctx) }()
@@ -182,11 +184,17 @@ func (p *Prober) stopPipeline(ctx context.Context, pl *pipeline) error {
 	pl.wg.Wait()
 	p.push(pl)
 	err := pl.tp.Shutdown(ctx)
-	if pl.cfg.Center.URL != "" {
-		// Give the senders until ctx ends to empty the buffer.
-		for ctx.Err() == nil && (pl.qm.Stats().Pending > 0 || (pl.cfg.Center.TracesOn() && pl.qt.Stats().Pending > 0)) {
-			sleepCtx(ctx, 50*time.Millisecond)
+	// Give the senders that the center answers until ctx ends to empty
+	// the buffer; what is left is sent after the next start.
+	for ctx.Err() == nil {
+		busy := false
+		for _, s := range pl.senders {
+			busy = busy || (!s.failing() && s.q.Stats().Pending > 0)
 		}
+		if !busy {
+			break
+		}
+		sleepCtx(ctx, 20*time.Millisecond)
 	}
 	pl.sendCx()
 	pl.sendWG.Wait()
@@ -206,7 +214,7 @@ func (p *Prober) Stop(ctx context.Context) error {
 		r.stop()
 		delete(p.runners, name)
 	}
-	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	return p.stopPipeline(sctx, p.pipe)
 }
