@@ -52,12 +52,12 @@ type Prober struct {
 // and buffer: the tracer provider, the two queues, their senders and the
 // metrics pusher.
 type pipeline struct {
-	cfg    Config
-	tp     *sdktrace.TracerProvider
-	tracer trace.Tracer
-	qm, qt *Queue
-	cancel context.CancelFunc // of the senders and the pusher
-	wg     sync.WaitGroup
+	cfg     Config
+	tp      *sdktrace.TracerProvider
+	tracer  trace.Tracer
+	qm, qt  *Queue
+	cancel  context.CancelFunc // of the senders and the pusher
+	wg      sync.WaitGroup
 	sendWG  sync.WaitGroup
 	sendCx  context.CancelFunc
 	senders []*sender
