@@ -199,14 +199,9 @@ func Parse(data []byte) (Config, error) {
 // relative to the file's directory and reads every credential, so that a
 // config Load accepts is one the prober can run.
 func Load(path string) (Config, error) {
-	f, err := os.Open(path)
+	data, err := config.ReadFile(path)
 	if err != nil {
-		return Config{}, fmt.Errorf("read config: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, config.MaxFileSize+1))
-	if err != nil {
-		return Config{}, fmt.Errorf("read config %s: %w", path, err)
+		return Config{}, err
 	}
 	cfg, err := Parse(data)
 	if err != nil {

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -77,6 +78,9 @@ func New(cfg Config, opts Options) (*Prober, error) {
 		reg: reg, m: newMetrics(reg), sm: newSenderMetrics(reg),
 		cfg: cfg, runners: map[string]*runner{},
 	}
+	// The SDK reports export errors (the buffer full or closed) through a
+	// global handler that otherwise prints to stderr.
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { p.log.Warn("tracing", "err", err) }))
 	return p, nil
 }
 

@@ -3,7 +3,6 @@ package config
 import (
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -45,14 +44,9 @@ func Parse(data []byte) (Config, error) {
 // it against the file's directory, reads the token files and parses the
 // rule files, so that a config Load accepts is one the center can run.
 func Load(path string) (Config, error) {
-	f, err := os.Open(path)
+	data, err := ReadFile(path)
 	if err != nil {
-		return Config{}, fmt.Errorf("read config: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
-	if err != nil {
-		return Config{}, fmt.Errorf("read config %s: %w", path, err)
+		return Config{}, err
 	}
 	cfg, err := Parse(data)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"reflect"
 
 	"go.yaml.in/yaml/v3"
@@ -40,6 +41,21 @@ func DecodeStrict(data []byte, out any) (map[string]int, error) {
 		return lines, fmt.Errorf("%w: %s", ErrInvalid, yamlError(err))
 	}
 	return lines, nil
+}
+
+// ReadFile reads a config file, at most MaxFileSize+1 bytes of it (Parse
+// and DecodeStrict refuse what is longer).
+func ReadFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read config %s: %w", path, err)
+	}
+	return data, nil
 }
 
 // WithLines fills in the line of every FieldError in err (one error or a
