@@ -186,8 +186,30 @@ type sender struct {
 	minWait time.Duration
 	maxWait time.Duration
 
+	wake chan struct{} // cuts a retry's backoff short
+
 	mu     sync.Mutex
 	warned bool // the last request failed (and that was logged)
+	tries  int  // requests made, to wait for one after a wake
+}
+
+// retryNow makes a sender waiting out a backoff try again at once, and
+// returns how many requests it had made.
+func (s *sender) retryNow() int {
+	s.mu.Lock()
+	n := s.tries
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	return n
+}
+
+func (s *sender) triesMade() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tries
 }
 
 // failing says whether the center is not taking this queue's records.
@@ -205,7 +227,7 @@ func newSender(name string, q *Queue, center Center, path string, header http.He
 	return &sender{
 		name: name, q: q, url: strings.TrimSuffix(center.URL, "/") + path, header: h,
 		client: &http.Client{Timeout: center.Timeout.D()}, log: log.With("queue", name), m: m,
-		minWait: 250 * time.Millisecond, maxWait: 10 * time.Second,
+		minWait: 250 * time.Millisecond, maxWait: 10 * time.Second, wake: make(chan struct{}, 1),
 	}
 }
 
@@ -231,6 +253,9 @@ func (s *sender) run(ctx context.Context) {
 			continue
 		}
 		err = s.post(ctx, rec)
+		s.mu.Lock()
+		s.tries++
+		s.mu.Unlock()
 		switch {
 		case err == nil:
 			s.q.Commit(pos)
@@ -256,7 +281,13 @@ func (s *sender) run(ctx context.Context) {
 				s.log.Debug("center still unreachable", "err", err)
 			}
 			s.mu.Unlock()
-			sleepCtx(ctx, wait)
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-s.wake:
+			case <-ctx.Done():
+			}
+			t.Stop()
 			wait = min(wait*2, s.maxWait)
 		}
 	}

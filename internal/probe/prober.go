@@ -189,7 +189,16 @@ func (p *Prober) stopPipeline(ctx context.Context, pl *pipeline) error {
 	p.push(pl)
 	err := pl.tp.Shutdown(ctx)
 	// Give the senders that the center answers until ctx ends to empty
-	// the buffer; what is left is sent after the next start.
+	// the buffer; what is left is sent after the next start. One that is
+	// waiting out a backoff tries once more first: the center may be back.
+	for _, s := range pl.senders {
+		if s.failing() && s.q.Stats().Pending > 0 {
+			n := s.retryNow()
+			for ctx.Err() == nil && s.triesMade() == n {
+				sleepCtx(ctx, 10*time.Millisecond)
+			}
+		}
+	}
 	for ctx.Err() == nil {
 		busy := false
 		for _, s := range pl.senders {
