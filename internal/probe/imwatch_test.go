@@ -19,7 +19,7 @@ func TestIMWatchRoundsSucceed(t *testing.T) {
 		{"fresh-login", []string{"pf"}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tg := imwatchTarget(t, tc.name, c.URLs()[0], 200*time.Millisecond, 200*time.Millisecond, tc.accounts...)
+			tg := imwatchTarget(t, tc.name, c.URLs()[0], 200*time.Millisecond, 2*time.Second, tc.accounts...) // generous: a loaded machine
 			tg.FreshLogin = tc.fresh
 			p := startProber(t, Config{Targets: []Target{tg}}, Options{})
 			l := map[string]string{"target": tc.name, "protocol": "imwatch", "location": "test"}

@@ -44,7 +44,7 @@ func TestMQTTAgainstMosquitto(t *testing.T) {
 			dir := t.TempDir()
 			t.Setenv("PROBE_MQTT_PW2", pw2)
 			tg := Target{Name: "mosquitto", Protocol: ProtoMQTT, Address: srv.addr, MQTTVersion: version,
-				TopicPrefix: DefaultTopicPrefix, Interval: config.Duration(300 * time.Millisecond), Timeout: config.Duration(300 * time.Millisecond),
+				TopicPrefix: DefaultTopicPrefix, Interval: config.Duration(300 * time.Millisecond), Timeout: config.Duration(2 * time.Second),
 				Accounts: []Account{
 					{User: "probe1", PasswordFile: writeFile(t, dir, "pw1", pw1+"\n")},
 					{User: "probe2", PasswordEnv: "PROBE_MQTT_PW2"},

@@ -30,7 +30,7 @@ func TestXMPPAgainstProsody(t *testing.T) {
 			dir := t.TempDir()
 			pws := map[string]string{"probe1@localhost": pw1, "probe2@localhost": pw2}
 			tg := Target{Name: tc.name, Protocol: ProtoXMPP, Address: srv.addr, SASLMechanisms: tc.mechs,
-				Interval: config.Duration(300 * time.Millisecond), Timeout: config.Duration(300 * time.Millisecond),
+				Interval: config.Duration(300 * time.Millisecond), Timeout: config.Duration(2 * time.Second),
 				TLS: TLS{CAFile: srv.ca}}
 			for i, a := range tc.accounts {
 				pw := pws[a]
