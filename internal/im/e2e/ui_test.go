@@ -111,9 +111,12 @@ func TestUIAgainstUp(t *testing.T) {
 		overviewTexts = append(overviewTexts, "No trace store yet")
 		tracesTexts = []string{"No trace store yet"}
 	}
-	probeCharts, probeTexts := []string{"Availability"}, []string(nil)
+	overviewCharts := []string{"Message throughput by stage", "Error ratio by service", "Message end-to-end latency p50 / p99"}
+	probeCharts, probeTexts := []string{"Availability", "Probe messages", "End-to-end latency p50 / p99"}, []string(nil)
 	if len(probes) == 0 {
 		probeCharts, probeTexts = nil, []string{"no probe results"}
+	} else {
+		overviewCharts = append(overviewCharts, "Probe availability by target and location", "Probe end-to-end latency p50 / p99")
 	}
 
 	dir := uitest.ArtifactsDir(t)
@@ -123,7 +126,7 @@ func TestUIAgainstUp(t *testing.T) {
 		charts      []string // charts that must hold data
 		texts       []string // shown as text somewhere on the page
 	}{
-		{"overview", range5m, []string{"Message throughput by stage", "Error ratio by service", "Message end-to-end latency p50 / p99"}, overviewTexts},
+		{"overview", range5m, overviewCharts, overviewTexts},
 		{"services", range5m, []string{"Requests per instance", "Requests, cluster, by operation", "Error ratio per instance", "Stage duration p99 per instance"}, nil},
 		{"hosts", range5m, []string{"CPU busy by mode", "Memory", "Load average", "Network bandwidth", "Network packets"}, nil},
 		{"probes", range5m, probeCharts, probeTexts},
