@@ -37,6 +37,7 @@ import (
 	"github.com/imwatch/imwatch/internal/center/remotewrite"
 	"github.com/imwatch/imwatch/internal/center/scrape"
 	"github.com/imwatch/imwatch/internal/center/storage"
+	"github.com/imwatch/imwatch/internal/center/ui"
 )
 
 // ErrImmutable is a reload that changes what only a restart can change.
@@ -62,6 +63,8 @@ type Center struct {
 	notifier *notify.Notifier
 	writers  *remotewrite.Writers
 	api      *api.API
+	ui       *ui.Handler
+	mux      *http.ServeMux
 	token    atomic.Pointer[string]
 	traces   *traceSide
 
@@ -185,6 +188,11 @@ func (c *Center) Start(ctx context.Context) (err error) {
 
 	c.scraper = scrape.NewManager(c.store, c.reg, c.base.With("component", "scrape"))
 	c.scraper.ApplyConfig(cfg.Scrape, c.extra)
+
+	c.ui, err = ui.New(ui.Options{Has: c.hasRoute, Auth: func() bool { return c.token.Load() != nil }})
+	if err != nil {
+		return err
+	}
 
 	c.srv = &http.Server{
 		Handler:           c.routes(),
@@ -496,11 +504,23 @@ func (c *Center) routes() http.Handler {
 	reload := auth(http.HandlerFunc(c.serveReload))
 	mux.Handle("POST /-/reload", reload)
 	mux.Handle("PUT /-/reload", reload)
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintln(w, "imwatch center: Prometheus-compatible API under /api/v1/, remote write at /api/v1/write, OTLP traces at /v1/traces, trace queries at /api/traces, metrics at /metrics.")
-	})
+	c.ui.Register(mux) // GET / and /ui/
+	c.mux = mux
 	return mux
+}
+
+// hasRoute reports whether the center serves method and path: the UI asks,
+// so that its pages call only the APIs this center has.
+func (c *Center) hasRoute(method, path string) bool {
+	if c.mux == nil {
+		return false
+	}
+	r, err := http.NewRequest(method, path, nil)
+	if err != nil {
+		return false
+	}
+	_, pattern := c.mux.Handler(r)
+	return pattern != ""
 }
 
 func (c *Center) serveReload(w http.ResponseWriter, _ *http.Request) {
