@@ -19,7 +19,7 @@ test-deps: ## install what the tests need (Debian packages, Go modules)
 test: test-deps ## run every test, the integration tests against real servers included
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
-	$(GO) test -count=1 -race -timeout 20m ./internal/im/protocol/ ./internal/im/client/ ./internal/im/cluster/ ./internal/im/gateway/
+	$(GO) test -count=1 -race -timeout 20m ./internal/im/protocol/ ./internal/im/client/ ./internal/im/cluster/ ./internal/im/gateway/ ./pkg/imtrace/ ./internal/probe/
 
 unit: ## run the tests quickly, without installing anything
 	$(GO) test -count=1 ./...
@@ -28,7 +28,7 @@ fuzz: ## fuzz every decoder for FUZZTIME each (default 30s)
 	./scripts/fuzz.sh $(or $(FUZZTIME),30s)
 
 bench: build ## run the benchmarks under bench/ (see docs/benchmarks.md)
-	$(GO) test -run '^$$' -bench . -benchmem ./internal/...
+	$(GO) test -run '^$$' -bench . -benchmem ./internal/... ./pkg/...
 	./bench/im-delivery.sh
 
 lint: ## vet and staticcheck-style checks

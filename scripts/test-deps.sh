@@ -5,8 +5,8 @@
 set -euo pipefail
 
 # packages[i] provides binaries[i].
-packages=(nats-server prometheus prometheus prometheus-node-exporter prometheus-alertmanager)
-binaries=(nats-server promtool prometheus prometheus-node-exporter prometheus-alertmanager)
+packages=(nats-server prometheus prometheus prometheus-node-exporter prometheus-alertmanager prosody prosody mosquitto mosquitto openssl chromium firefox-esr)
+binaries=(nats-server promtool prometheus prometheus-node-exporter prometheus-alertmanager prosody prosodyctl mosquitto mosquitto_passwd openssl chromium firefox-esr)
 
 missing=()
 for i in "${!binaries[@]}"; do

@@ -1,7 +1,8 @@
 // Package center is the monitoring center: it stores metrics in Prometheus's
 // tsdb, scrapes static targets, receives remote write, evaluates Prometheus
 // rule files, sends alerts to Alertmanagers and webhooks, writes onward to
-// other Prometheus-compatible stores, and serves Prometheus's HTTP API.
+// other Prometheus-compatible stores, and serves Prometheus's HTTP API. It
+// also receives OTLP traces, stores them and serves the trace query API.
 package center
 
 import (
@@ -36,6 +37,7 @@ import (
 	"github.com/imwatch/imwatch/internal/center/remotewrite"
 	"github.com/imwatch/imwatch/internal/center/scrape"
 	"github.com/imwatch/imwatch/internal/center/storage"
+	"github.com/imwatch/imwatch/internal/center/ui"
 )
 
 // ErrImmutable is a reload that changes what only a restart can change.
@@ -61,7 +63,10 @@ type Center struct {
 	notifier *notify.Notifier
 	writers  *remotewrite.Writers
 	api      *api.API
+	ui       *ui.Handler
+	mux      *http.ServeMux
 	token    atomic.Pointer[string]
+	traces   *traceSide
 
 	ln       net.Listener
 	srv      *http.Server
@@ -146,6 +151,10 @@ func (c *Center) Start(ctx context.Context) (err error) {
 	c.receiver = remotewrite.NewReceiver(c.store, durable, cfg.Receiver, c.reg, c.base.With("component", "remote-write"))
 	c.setToken(cfg.Auth.BearerToken)
 
+	if err := c.startTraces(cfg); err != nil {
+		return err
+	}
+
 	c.api = &api.API{Queryable: c.store, Parser: c.parser, Log: c.base.With("component", "api")}
 	c.api.SetEngine(c.newEngine(cfg))
 
@@ -180,6 +189,11 @@ func (c *Center) Start(ctx context.Context) (err error) {
 	c.scraper = scrape.NewManager(c.store, c.reg, c.base.With("component", "scrape"))
 	c.scraper.ApplyConfig(cfg.Scrape, c.extra)
 
+	c.ui, err = ui.New(ui.Options{Has: c.hasRoute, Auth: func() bool { return c.token.Load() != nil }})
+	if err != nil {
+		return err
+	}
+
 	c.srv = &http.Server{
 		Handler:           c.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -198,7 +212,7 @@ func (c *Center) Start(ctx context.Context) (err error) {
 	c.ready.Store(true)
 	c.log.Info("center ready", "listen", c.Addr(), "storage", cfg.Storage.Path, "targets", len(cfg.Scrape.Targets)+len(c.extra),
 		"rule_files", len(files), "alertmanagers", len(cfg.Alerting.Alertmanagers), "webhooks", len(cfg.Alerting.Webhooks),
-		"remote_write", len(cfg.RemoteWrite), "auth", cfg.Auth.BearerToken != "")
+		"remote_write", len(cfg.RemoteWrite), "auth", cfg.Auth.BearerToken != "", "traces", cfg.TracesPath(), "otlp_grpc", c.OTLPGRPCAddr())
 	return nil
 }
 
@@ -215,6 +229,7 @@ func (c *Center) cleanupFailedStart() {
 	if c.writers != nil {
 		c.writers.Stop(context.Background())
 	}
+	_ = c.stopTraces()
 	if c.store != nil {
 		_ = c.store.Close()
 	}
@@ -243,6 +258,9 @@ func (c *Center) Stop(ctx context.Context) error {
 		c.rules.Stop()
 		c.notifier.Stop()
 		c.writers.Stop(ctx)
+		if err := c.stopTraces(); err != nil {
+			errs = append(errs, err)
+		}
 		if err := c.store.Close(); err != nil {
 			errs = append(errs, err)
 		}
@@ -355,6 +373,7 @@ func (c *Center) ApplyConfig(cfg config.Config) (err error) {
 	if cfg.Storage.WALFsync != old.Storage.WALFsync {
 		immutable = append(immutable, "storage.wal_fsync")
 	}
+	immutable = append(immutable, traceImmutable(&cfg, old)...)
 	if len(immutable) > 0 {
 		return fmt.Errorf("reload refused, the running config is kept: %s %w", strings.Join(immutable, ", "), ErrImmutable)
 	}
@@ -381,6 +400,7 @@ func (c *Center) ApplyConfig(cfg config.Config) (err error) {
 		c.api.SetEngine(c.newEngine(&cfg))
 	}
 	c.receiver.SetLimits(cfg.Receiver)
+	c.applyTraces(&cfg)
 	c.notifier.ApplyConfig(c.alertingConfig(&cfg))
 	c.writers.ApplyConfig(context.Background(), cfg.RemoteWrite)
 	if len(cfg.RemoteWrite) > 0 {
@@ -464,6 +484,7 @@ func (c *Center) routes() http.Handler {
 	mux := http.NewServeMux()
 	auth := c.requireToken
 	c.api.Register(mux, auth)
+	c.traceRoutes(mux, auth)
 	mux.Handle("POST /api/v1/write", auth(c.receiver))
 	mux.Handle("/api/v1/write", auth(c.receiver)) // 405 for other methods
 	mux.Handle("GET /metrics", auth(promhttp.HandlerFor(c.gatherers(), promhttp.HandlerOpts{})))
@@ -483,11 +504,23 @@ func (c *Center) routes() http.Handler {
 	reload := auth(http.HandlerFunc(c.serveReload))
 	mux.Handle("POST /-/reload", reload)
 	mux.Handle("PUT /-/reload", reload)
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintln(w, "imwatch center: Prometheus-compatible API under /api/v1/, remote write at /api/v1/write, metrics at /metrics.")
-	})
+	c.ui.Register(mux) // GET / and /ui/
+	c.mux = mux
 	return mux
+}
+
+// hasRoute reports whether the center serves method and path: the UI asks,
+// so that its pages call only the APIs this center has.
+func (c *Center) hasRoute(method, path string) bool {
+	if c.mux == nil {
+		return false
+	}
+	r, err := http.NewRequest(method, path, nil)
+	if err != nil {
+		return false
+	}
+	_, pattern := c.mux.Handler(r)
+	return pattern != ""
 }
 
 func (c *Center) serveReload(w http.ResponseWriter, _ *http.Request) {

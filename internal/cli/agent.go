@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/imwatch/imwatch/internal/agent"
+	"github.com/imwatch/imwatch/internal/procmem"
 	"github.com/imwatch/imwatch/internal/service"
 )
 
@@ -71,6 +72,11 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 			return g.Stop(stopTimeout)
 		}
 		return err
+	}
+	if st, err := procmem.ReleaseStartupPages(); err != nil {
+		log.Debug("could not release start-up pages", "err", err)
+	} else {
+		log.Debug("released start-up pages", "mappings", st.Mappings, "bytes", st.Bytes)
 	}
 	fmt.Fprintf(stdout, "agent serving metrics on http://%s/metrics (collectors: %s)\n", srv.Addr(), strings.Join(a.CollectorNames(), " "))
 	<-sig.Done()

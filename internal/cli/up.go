@@ -92,8 +92,20 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	}
+	probers, err := startUpProbers(ctx, *data, cen.URL(), c, secret, log)
+	if err != nil {
+		sctx, scancel := context.WithTimeout(context.Background(), stopTimeout)
+		defer scancel()
+		cen.Stop(sctx)
+		if as != nil {
+			as.Stop(sctx)
+		}
+		c.Stop(stopTimeout)
+		return err
+	}
 	fmt.Fprintf(stdout, "imwatch is up.\n")
 	fmt.Fprintf(stdout, "  center:    %s  (Prometheus API: %s/api/v1/query)\n", cen.URL(), cen.URL())
+	fmt.Fprintf(stdout, "  traces:    OTLP/HTTP %s/v1/traces, queries %s/api/traces, imwatch trace MSGID\n", cen.URL(), cen.URL())
 	fmt.Fprintf(stdout, "  nats:      %s\n", c.NATSURL)
 	for i, u := range c.URLs() {
 		fmt.Fprintf(stdout, "  gateway %d: %s  (metrics http://%s/metrics)\n", i+1, u, c.Gateways[i].Addr())
@@ -104,6 +116,7 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 	if as != nil {
 		fmt.Fprintf(stdout, "  agent:     http://%s/metrics\n", as.Addr())
 	}
+	fmt.Fprintf(stdout, "  probes:    %d locations (up-gw-1, up-gw-2), every %s, results in the center\n", len(probers), upProbeInterval)
 	fmt.Fprintf(stdout, "  secret:    %s\n  data:      %s\n", secretFrom, *data)
 	fmt.Fprintf(stdout, "Get a token with: imwatch im token --data %s --user alice\nStop with Ctrl-C.\n", *data)
 	<-sig.Done()
@@ -112,7 +125,8 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 	// it flushes its store on the way.
 	sctx, scancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer scancel()
-	errs := []error{cen.Stop(sctx)}
+	// The probers first, so that their last results reach the center.
+	errs := []error{stopUpProbers(sctx, probers), cen.Stop(sctx)}
 	if as != nil {
 		errs = append(errs, as.Stop(sctx))
 	}

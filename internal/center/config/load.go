@@ -1,10 +1,8 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -29,31 +27,9 @@ var ErrInvalid = errors.New("invalid config")
 // Validate. It reads no files; Load does.
 func Parse(data []byte) (Config, error) {
 	cfg := Default()
-	if len(data) > MaxFileSize {
-		return cfg, fmt.Errorf("%w: config is %d bytes, more than the %d allowed", ErrInvalid, len(data), MaxFileSize)
-	}
-	var doc yaml.Node
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
-		return cfg, fmt.Errorf("%w: %s", ErrInvalid, yamlError(err))
-	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		line := extra.Line
-		return cfg, fmt.Errorf("%w: config line %d: a second YAML document; put everything in one", ErrInvalid, line)
-	}
-	if doc.Kind == 0 { // empty file
-		if err := cfg.Validate(); err != nil {
-			return cfg, fmt.Errorf("%w: %w", ErrInvalid, err)
-		}
-		return cfg, nil
-	}
-	lines := map[string]int{}
-	if errs := check(&doc, reflect.TypeOf(cfg), "", lines, 0); len(errs) > 0 {
-		return cfg, fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
-	}
-	if err := doc.Decode(&cfg); err != nil {
-		return cfg, fmt.Errorf("%w: %s", ErrInvalid, yamlError(err))
+	lines, err := DecodeStrict(data, &cfg)
+	if err != nil {
+		return cfg, err
 	}
 	for i := range cfg.RemoteWrite {
 		applyRemoteWriteDefaults(&cfg.RemoteWrite[i])
@@ -68,14 +44,9 @@ func Parse(data []byte) (Config, error) {
 // it against the file's directory, reads the token files and parses the
 // rule files, so that a config Load accepts is one the center can run.
 func Load(path string) (Config, error) {
-	f, err := os.Open(path)
+	data, err := ReadFile(path)
 	if err != nil {
-		return Config{}, fmt.Errorf("read config: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
-	if err != nil {
-		return Config{}, fmt.Errorf("read config %s: %w", path, err)
+		return Config{}, err
 	}
 	cfg, err := Parse(data)
 	if err != nil {
@@ -98,6 +69,7 @@ func (c *Config) Resolve(dir string) error {
 		return filepath.Join(dir, p)
 	}
 	c.Storage.Path = abs(c.Storage.Path)
+	c.Traces.Path = abs(c.Traces.Path)
 	for i := range c.RuleFiles {
 		c.RuleFiles[i] = abs(c.RuleFiles[i])
 	}

@@ -29,6 +29,10 @@ type Config struct {
 	Inbox       int                             // messages buffered for the application
 	Log         *slog.Logger                    //
 	OnState     func(connected bool, gw string) // optional: told of each connect and disconnect
+	// OnDeliver, when set, is called with every deliver frame as it is
+	// read, before de-duplication and ordering, so that a prober sees
+	// redeliveries and the order of arrival. It must not block.
+	OnDeliver func(Message)
 }
 
 // Message is a message received by this device.
@@ -76,6 +80,8 @@ type Client struct {
 	done      chan struct{}
 
 	reconnects atomic.Int64
+	dialTime   time.Duration // of the last connection: WebSocket dial
+	authTime   time.Duration // and auth frame to auth_ok
 }
 
 // session is one connection to one gateway.
@@ -147,6 +153,14 @@ func (c *Client) Gateway() string {
 		return ""
 	}
 	return c.sess.gateway
+}
+
+// LastConnect is how long the last connection took to dial (WebSocket
+// handshake) and to authenticate (auth frame to auth_ok).
+func (c *Client) LastConnect() (dial, auth time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.dialTime, c.authTime
 }
 
 // Reconnects counts the connections made after the first.

@@ -95,10 +95,12 @@ func (c *Client) connect(ctx context.Context, url string) (*session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: token: %v", ErrAuth, err)
 	}
+	start := time.Now()
 	ws, resp, err := websocket.Dial(dctx, url, &websocket.DialOptions{HTTPClient: &http.Client{Timeout: c.cfg.DialTimeout}})
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", url, err)
 	}
+	dialed := time.Now()
 	if resp != nil && resp.Body != nil {
 		resp.Body.Close()
 	}
@@ -130,6 +132,7 @@ func (c *Client) connect(ctx context.Context, url string) (*session, error) {
 	}
 	c.mu.Lock()
 	c.user, c.device = f.User, f.Device
+	c.dialTime, c.authTime = dialed.Sub(start), time.Since(dialed)
 	c.mu.Unlock()
 	c.order.setSelf(f.User, f.Device)
 	hb := time.Duration(f.HeartbeatMS) * time.Millisecond
@@ -163,6 +166,7 @@ func (c *Client) serve(ctx context.Context, s *session) {
 	defer stop()
 	for {
 		_, data, err := s.ws.Read(context.Background())
+		read := time.Now() // before the ack is written: the prober times deliveries with it
 		if err != nil {
 			c.log.Debug("connection lost", "gateway", s.gateway, "err", err)
 			return
@@ -178,8 +182,12 @@ func (c *Client) serve(ctx context.Context, s *session) {
 			if !f.Sync {
 				_ = c.write(sctx, s.ws, protocol.Frame{Type: protocol.TypeDeliverAck, MsgID: f.MsgID, Conv: f.Conv, Seq: f.Seq})
 			}
-			c.order.add(Message{MsgID: f.MsgID, Conv: f.Conv, Seq: f.Seq, From: f.From, FromDevice: f.FromDevice,
-				Group: f.Group, Body: f.Body, Probe: f.Probe, Trace: f.Trace, TS: f.TS, Sync: f.Sync, Received: time.Now()})
+			m := Message{MsgID: f.MsgID, Conv: f.Conv, Seq: f.Seq, From: f.From, FromDevice: f.FromDevice,
+				Group: f.Group, Body: f.Body, Probe: f.Probe, Trace: f.Trace, TS: f.TS, Sync: f.Sync, Received: read}
+			if c.cfg.OnDeliver != nil {
+				c.cfg.OnDeliver(m)
+			}
+			c.order.add(m)
 		default:
 			if f.ID == "" {
 				if f.Type == protocol.TypeError {

@@ -1,0 +1,422 @@
+package imtrace
+
+import (
+	"context"
+	"encoding/binary"
+	"math/rand/v2"
+	"reflect"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/instrumentation"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Message is what a hop span says about the message it carries; empty
+// fields (and a zero Seq or Recipients) are left out of the span.
+type Message struct {
+	ID         string // server message id: messaging.message.id
+	ClientID   string // the sender's client message id: imwatch.client_msg_id
+	Conv       string // conversation id: messaging.message.conversation_id
+	Dest       string // where this hop sends it (subject, gateway, user): messaging.destination.name
+	User       string // sender user: imwatch.user
+	Recipient  string // recipient user of this hop: imwatch.recipient
+	Seq        uint64 // per-conversation sequence: imwatch.seq
+	Recipients int    // recipient count: messaging.batch.message_count
+	Probe      bool   // a probe message, always sampled: imwatch.probe
+}
+
+// Why an unsampled span was exported after all: the value of imwatch.kept.
+const (
+	KeyKept  = attribute.Key("imwatch.kept")
+	KeptErr  = "error"
+	KeptSlow = "slow"
+)
+
+// spanData is everything a hop span holds until it ends; an unsampled span's
+// copy of it waits in the tail buffer.
+type spanData struct {
+	name      string
+	kind      trace.SpanKind
+	sc        trace.SpanContext
+	parent    trace.SpanContext
+	start     int64 // monotonic clock, nanoseconds (monoNow)
+	end       int64
+	msg       Message
+	links     []trace.Link
+	errType   string
+	errMsg    string
+	failed    bool
+	kept      string
+	excpType  string
+	excpMsg   string
+	hasExcept bool
+}
+
+// Span is one hop's span. It is a value: keep it in a variable and call End
+// once. The zero Span (and every span of a nil or disabled Tracer) records
+// nothing; its SpanContext is the parent's and Inject leaves carriers alone.
+type Span struct {
+	t       *Tracer
+	sampled bool
+	ended   bool
+	d       spanData
+}
+
+// Start begins a hop span named name (one of the Span* names) as a child of
+// parent, the context read from the frame or header (Parse, ParseHeader) or
+// another span's SpanContext; an invalid parent starts a new trace. The
+// sampling decision is made here, once (see the package doc).
+func (t *Tracer) Start(parent trace.SpanContext, name string, kind trace.SpanKind, m Message) (s Span) {
+	t.start(&s, parent, name, kind, &m, nil)
+	return s
+}
+
+// StartLinked is Start with links to other spans: a push that a group
+// fan-out starts links to the span that fanned out (FanoutLink). links is
+// kept, not copied: do not change it afterwards.
+func (t *Tracer) StartLinked(parent trace.SpanContext, name string, kind trace.SpanKind, m Message, links []trace.Link) (s Span) {
+	t.start(&s, parent, name, kind, &m, links)
+	return s
+}
+
+// start fills the caller's result in place: a Span is some 400 bytes, and
+// copying it once more costs as much as the rest of an unsampled span.
+func (t *Tracer) start(s *Span, parent trace.SpanContext, name string, kind trace.SpanKind, m *Message, links []trace.Link) {
+	if t == nil {
+		s.d.sc = parent
+		return
+	}
+	var scc trace.SpanContextConfig
+	if parent.IsValid() {
+		scc.TraceID = parent.TraceID()
+		scc.TraceState = parent.TraceState()
+	} else {
+		scc.TraceID = newTraceID()
+		parent = trace.SpanContext{}
+	}
+	scc.SpanID = newSpanID()
+	s.t = t
+	s.sampled = t.sampled(parent, scc.TraceID, name, kind, m.Probe)
+	if s.sampled {
+		scc.TraceFlags = trace.FlagsSampled
+		t.stats.sampled.Add(1)
+	} else {
+		t.stats.unsampled.Add(1)
+	}
+	s.d.sc = trace.NewSpanContext(scc)
+	s.d.parent = parent
+	s.d.name = name
+	s.d.kind = kind
+	s.d.msg = *m
+	s.d.links = links
+	if s.sampled || t.tailOn {
+		s.d.start = monoNow()
+	}
+}
+
+// Ids come from math/rand/v2's per-thread ChaCha8 generator: random enough
+// for trace ids (the ratio sampler reads their low 63 bits), and unlike the
+// SDK's generator it takes no lock.
+func newTraceID() (id trace.TraceID) {
+	for !id.IsValid() {
+		binary.BigEndian.PutUint64(id[:8], rand.Uint64())
+		binary.BigEndian.PutUint64(id[8:], rand.Uint64())
+	}
+	return id
+}
+
+func newSpanID() (id trace.SpanID) {
+	for !id.IsValid() {
+		binary.BigEndian.PutUint64(id[:], rand.Uint64())
+	}
+	return id
+}
+
+// FanoutLink is the link a push started by a group fan-out carries to the
+// span that fanned out: its context and the fan-out width.
+func FanoutLink(from trace.SpanContext, recipients int) trace.Link {
+	return trace.Link{SpanContext: from, Attributes: []attribute.KeyValue{KeyRecipientCount.Int(recipients)}}
+}
+
+// SpanContext is the span's context, the parent of the next hop; for a span
+// that records nothing it is the parent's.
+func (s *Span) SpanContext() trace.SpanContext { return s.d.sc }
+
+// Sampled reports whether the span was sampled at start.
+func (s *Span) Sampled() bool { return s.sampled }
+
+// Message is the span's message, to fill in what a hop learns on the way
+// (the logic learns the message id and sequence when it has stored it).
+// The attributes are taken from it at End.
+func (s *Span) Message() *Message { return &s.d.msg }
+
+// Context returns ctx carrying the span's context, as parent for spans of
+// other OpenTelemetry instrumentation (Provider's tracers).
+func (s *Span) Context(ctx context.Context) context.Context {
+	if !s.d.sc.IsValid() {
+		return ctx
+	}
+	return trace.ContextWithSpanContext(ctx, s.d.sc)
+}
+
+// Traceparent is the span's W3C traceparent for the next hop, or "" when the
+// span has no valid context. An unsampled span whose trace this process has
+// already promoted says "sampled", so that the next hops keep theirs.
+func (s *Span) Traceparent() string {
+	sc := s.d.sc
+	if s.t != nil && !s.sampled && s.t.tail.isPromoted(sc.TraceID()) {
+		sc = sc.WithTraceFlags(sc.TraceFlags() | trace.FlagsSampled)
+	}
+	return Format(sc)
+}
+
+// Inject writes the span's trace context into a carrier: Field(&f.Trace) for
+// a frame, HeaderCarrier(m.Header) for NATS. When tracing is off it writes
+// nothing, so the carrier keeps the traceparent the hop received.
+func (s *Span) Inject(c propagation.TextMapCarrier) {
+	if s.t == nil || !s.d.sc.IsValid() {
+		return
+	}
+	c.Set(HeaderTraceparent, s.Traceparent())
+	if ts := s.d.sc.TraceState(); ts.Len() > 0 {
+		c.Set(HeaderTracestate, ts.String())
+	}
+}
+
+// SetError marks the span failed: status Error with err's text and an
+// exception event, as the OpenTelemetry conventions record errors. A failed
+// span is always exported, with every span of its trace in this process.
+func (s *Span) SetError(err error) {
+	if err == nil || s.t == nil {
+		return
+	}
+	s.d.failed = true
+	s.d.errMsg = err.Error()
+	s.d.hasExcept = true
+	s.d.excpType = errorType(err)
+	s.d.excpMsg = s.d.errMsg
+}
+
+// SetErrorCode marks the span failed with an IM error code (error.type) and a
+// message; no exception event, since no Go error was raised.
+func (s *Span) SetErrorCode(code, msg string) {
+	if s.t == nil {
+		return
+	}
+	s.d.failed = true
+	s.d.errType = code
+	s.d.errMsg = msg
+}
+
+func errorType(err error) string {
+	t := reflect.TypeOf(err)
+	if t.PkgPath() == "" && t.Name() == "" {
+		return t.String() // e.g. *errors.errorString
+	}
+	return t.PkgPath() + "." + t.Name()
+}
+
+// End ends the span. A sampled span goes to the exporter; an unsampled one
+// into the tail buffer, unless it failed or was slow: then it and the
+// buffered spans of its trace are exported. Calls after the first do nothing.
+func (s *Span) End() {
+	if s.t == nil || s.ended {
+		return
+	}
+	s.ended = true
+	t := s.t
+	if !s.sampled && !t.tailOn {
+		return // head sampling only: an unsampled span is not recorded
+	}
+	s.d.end = monoNow()
+	if s.sampled {
+		t.export(&s.d)
+		return
+	}
+	slow := t.slow >= 0 && s.d.end-s.d.start >= t.slow
+	if !s.d.failed && !slow {
+		if t.tail.put(&s.d) {
+			t.promote(&s.d) // its trace was promoted before
+		}
+		return
+	}
+	s.d.kept = KeptSlow
+	if s.d.failed {
+		s.d.kept = KeptErr
+	}
+	for _, d := range t.tail.promote(s.d.sc.TraceID(), s.d.end) {
+		t.promote(&d)
+	}
+	t.promote(&s.d)
+}
+
+func (t *Tracer) promote(d *spanData) {
+	t.stats.promoted.Add(1)
+	d.sc = d.sc.WithTraceFlags(d.sc.TraceFlags() | trace.FlagsSampled)
+	t.export(d)
+}
+
+func (t *Tracer) export(d *spanData) {
+	if t.closed.Load() {
+		return
+	}
+	var r *record
+	if t.recycle {
+		r = recordPool.Get().(*record)
+	} else {
+		r = new(record)
+	}
+	r.fill(t, d)
+	t.out.OnEnd(r)
+}
+
+// maxAttrs is the most attributes fill sets: system, operation type, the
+// eight Message fields, error.type and imwatch.kept.
+const maxAttrs = 12
+
+// record is a hop span as the SDK's processors and exporters see it: an
+// sdktrace.ReadOnlySpan made directly, without the SDK's span machinery,
+// so that a sampled span costs one pooled record and no copies.
+type record struct {
+	// base is a real SDK span: the interface has an unexported method, and
+	// methods added to it in later SDK versions answer with base's (empty)
+	// values instead of panicking.
+	sdktrace.ReadOnlySpan
+
+	t      *Tracer
+	d      spanData
+	start  time.Time
+	end    time.Time
+	attrs  [maxAttrs]attribute.KeyValue
+	nattrs int
+	links  []sdktrace.Link
+	event  [1]sdktrace.Event
+	evAttr [2]attribute.KeyValue
+	nevent int
+}
+
+func (r *record) fill(t *Tracer, d *spanData) {
+	r.ReadOnlySpan = baseSpan
+	r.t = t
+	r.d = *d
+	r.start, r.end = wallTime(d.start), wallTime(d.end)
+	a := r.attrs[:0]
+	a = append(a, systemAttr)
+	if op, ok := operationType(d.kind); ok {
+		a = append(a, op)
+	}
+	m := &d.msg
+	for _, f := range [...]struct {
+		k attribute.Key
+		v string
+	}{{KeyMessageID, m.ID}, {KeyClientMsgID, m.ClientID}, {KeyConversationID, m.Conv},
+		{KeyDestination, m.Dest}, {KeyUser, m.User}, {KeyRecipient, m.Recipient}} {
+		if f.v != "" {
+			a = append(a, f.k.String(f.v))
+		}
+	}
+	if m.Seq != 0 {
+		a = append(a, KeySeq.Int64(int64(m.Seq)))
+	}
+	if m.Recipients != 0 {
+		a = append(a, KeyRecipientCount.Int(m.Recipients))
+	}
+	a = append(a, KeyProbe.Bool(m.Probe))
+	if d.errType != "" {
+		a = append(a, KeyErrorType.String(d.errType))
+	}
+	if d.kept != "" {
+		a = append(a, KeyKept.String(d.kept))
+	}
+	r.nattrs = len(a)
+	r.links = r.links[:0]
+	for _, l := range d.links {
+		if !l.SpanContext.IsValid() {
+			continue // a link to nothing says nothing
+		}
+		r.links = append(r.links, sdktrace.Link{SpanContext: l.SpanContext, Attributes: l.Attributes})
+	}
+	r.nevent = 0
+	if d.hasExcept {
+		r.evAttr[0] = semconv.ExceptionTypeKey.String(d.excpType)
+		r.evAttr[1] = semconv.ExceptionMessageKey.String(d.excpMsg)
+		r.event[0] = sdktrace.Event{Name: semconv.ExceptionEventName, Attributes: r.evAttr[:], Time: r.end}
+		r.nevent = 1
+	}
+}
+
+// release clears the references the record holds and pools it.
+func (r *record) release() {
+	r.d = spanData{}
+	clear(r.attrs[:r.nattrs])
+	clear(r.links)
+	r.event[0] = sdktrace.Event{}
+	r.t = nil
+	recordPool.Put(r)
+}
+
+var (
+	opSend    = semconv.MessagingOperationTypeSend
+	opProcess = semconv.MessagingOperationTypeProcess
+)
+
+// operationType is messaging.operation.type from the span kind: a producer
+// or client hop sends, a consumer or server hop processes.
+func operationType(k trace.SpanKind) (attribute.KeyValue, bool) {
+	switch k {
+	case trace.SpanKindProducer, trace.SpanKindClient:
+		return opSend, true
+	case trace.SpanKindConsumer, trace.SpanKindServer:
+		return opProcess, true
+	}
+	return attribute.KeyValue{}, false
+}
+
+func (r *record) Name() string                     { return r.d.name }
+func (r *record) SpanContext() trace.SpanContext   { return r.d.sc }
+func (r *record) Parent() trace.SpanContext        { return r.d.parent }
+func (r *record) SpanKind() trace.SpanKind         { return r.d.kind }
+func (r *record) StartTime() time.Time             { return r.start }
+func (r *record) EndTime() time.Time               { return r.end }
+func (r *record) Attributes() []attribute.KeyValue { return r.attrs[:r.nattrs:r.nattrs] }
+func (r *record) Links() []sdktrace.Link           { return r.links }
+func (r *record) Events() []sdktrace.Event         { return r.event[:r.nevent:r.nevent] }
+func (r *record) InstrumentationScope() instrumentation.Scope {
+	return r.t.scope
+}
+
+//nolint:staticcheck // part of sdktrace.ReadOnlySpan
+func (r *record) InstrumentationLibrary() instrumentation.Library { return r.t.scope }
+func (r *record) Resource() *resource.Resource                    { return r.t.res }
+func (r *record) DroppedAttributes() int                          { return 0 }
+func (r *record) DroppedLinks() int                               { return 0 }
+func (r *record) DroppedEvents() int                              { return 0 }
+func (r *record) ChildSpanCount() int                             { return 0 }
+func (r *record) Status() sdktrace.Status {
+	if r.d.failed {
+		return sdktrace.Status{Code: codes.Error, Description: r.d.errMsg}
+	}
+	return sdktrace.Status{Code: codes.Unset}
+}
+
+// baseSpan is one real ended SDK span, embedded in every record.
+var baseSpan = func() sdktrace.ReadOnlySpan {
+	var c captureProcessor
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(&c))
+	_, s := tp.Tracer(ScopeName).Start(context.Background(), "base")
+	s.End()
+	return c.span
+}()
+
+type captureProcessor struct{ span sdktrace.ReadOnlySpan }
+
+func (c *captureProcessor) OnStart(context.Context, sdktrace.ReadWriteSpan) {}
+func (c *captureProcessor) OnEnd(s sdktrace.ReadOnlySpan)                   { c.span = s }
+func (c *captureProcessor) Shutdown(context.Context) error                  { return nil }
+func (c *captureProcessor) ForceFlush(context.Context) error                { return nil }

@@ -1,0 +1,121 @@
+package imtrace
+
+import (
+	"encoding/binary"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+)
+
+const (
+	tailShards   = 8  // power of two; a trace's spans share the shard its id picks
+	promotedKept = 16 // promoted trace ids remembered per shard
+)
+
+// tailBuffer holds the ended spans of unsampled traces for a while, so that
+// an error or a slow span can still export the trace's spans of this
+// process. It is a ring per shard: a new span overwrites the oldest, and one
+// overwritten before TailWindow has passed is counted as dropped.
+type tailBuffer struct {
+	t      *Tracer
+	window time.Duration
+	shards [tailShards]tailShard
+}
+
+type tailShard struct {
+	mu       sync.Mutex
+	ring     []spanData
+	next     int
+	promoted [promotedKept]uint64 // low halves of promoted trace ids; 0 = free
+	pnext    int
+	lastProm int64    // monotonic time of the last promotion; 0 = none
+	_        [64]byte // keep shards on separate cache lines
+}
+
+func (b *tailBuffer) init(t *Tracer, size int, window time.Duration) {
+	b.t = t
+	b.window = window
+	per := (size + tailShards - 1) / tailShards
+	for i := range b.shards {
+		b.shards[i].ring = make([]spanData, per)
+	}
+}
+
+func traceKey(id trace.TraceID) uint64 { return binary.BigEndian.Uint64(id[8:]) | 1 }
+
+func (b *tailBuffer) shard(key uint64) *tailShard { return &b.shards[key>>1&(tailShards-1)] }
+
+func (s *tailShard) isPromoted(key uint64, now int64, window int64) bool {
+	if s.lastProm == 0 || now-s.lastProm > window {
+		return false // nothing promoted lately: a trace is remembered for the window
+	}
+	for _, p := range s.promoted {
+		if p == key {
+			return true
+		}
+	}
+	return false
+}
+
+// isPromoted reports whether the trace was promoted in this process lately.
+func (b *tailBuffer) isPromoted(id trace.TraceID) bool {
+	key := traceKey(id)
+	s := b.shard(key)
+	s.mu.Lock()
+	p := s.isPromoted(key, monoNow(), int64(b.window))
+	s.mu.Unlock()
+	return p
+}
+
+// put keeps an ended unsampled span. It reports true, keeping nothing, when
+// the span's trace has been promoted: the caller exports the span instead.
+func (b *tailBuffer) put(d *spanData) bool {
+	key := traceKey(d.sc.TraceID())
+	s := b.shard(key)
+	s.mu.Lock()
+	if s.isPromoted(key, d.end, int64(b.window)) {
+		s.mu.Unlock()
+		return true
+	}
+	if len(s.ring) == 0 {
+		s.mu.Unlock()
+		b.t.stats.tailDropped.Add(1)
+		return false
+	}
+	slot := &s.ring[s.next]
+	dropped := slot.name != "" && d.end-slot.end < int64(b.window)
+	*slot = *d
+	s.next++
+	if s.next == len(s.ring) {
+		s.next = 0
+	}
+	s.mu.Unlock()
+	if dropped {
+		b.t.stats.tailDropped.Add(1)
+	}
+	return false
+}
+
+// promote marks the trace promoted and takes its buffered spans that ended
+// within the window before now out of the buffer.
+func (b *tailBuffer) promote(id trace.TraceID, now int64) []spanData {
+	key := traceKey(id)
+	s := b.shard(key)
+	var out []spanData
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.isPromoted(key, now, int64(b.window)) {
+		s.promoted[s.pnext] = key
+		s.pnext = (s.pnext + 1) % promotedKept
+	}
+	s.lastProm = now
+	for i := range s.ring {
+		e := &s.ring[i]
+		if e.name != "" && e.sc.TraceID() == id && now-e.end < int64(b.window) {
+			out = append(out, *e)
+			*e = spanData{}
+		}
+	}
+	return out
+}
