@@ -104,6 +104,9 @@ type DeliverAck struct {
 	MsgID  string `json:"msg_id"`
 	User   string `json:"u"`
 	Device string `json:"d"`
+	// Trace is the traceparent the device's deliver_ack frame carried (its
+	// im.client.ack span): one per ack, since a batch mixes messages.
+	Trace string `json:"traceparent,omitempty"`
 }
 
 // DeliverAckBatch is deliver-acks a gateway gathered for one logic node, at
