@@ -28,6 +28,7 @@ type Message struct {
 	Recipient  string // recipient user of this hop: imwatch.recipient
 	Seq        uint64 // per-conversation sequence: imwatch.seq
 	Recipients int    // recipient count: messaging.batch.message_count
+	Attempt    int    // a push's attempt, 1 for the first (2 and more are redeliveries): imwatch.attempt
 	Probe      bool   // a probe message, always sampled: imwatch.probe
 }
 
@@ -277,8 +278,8 @@ func (t *Tracer) export(d *spanData) {
 }
 
 // maxAttrs is the most attributes fill sets: system, operation type, the
-// eight Message fields, error.type and imwatch.kept.
-const maxAttrs = 12
+// ten Message fields, error.type and imwatch.kept.
+const maxAttrs = 14
 
 // record is a hop span as the SDK's processors and exporters see it: an
 // sdktrace.ReadOnlySpan made directly, without the SDK's span machinery,
@@ -326,6 +327,9 @@ func (r *record) fill(t *Tracer, d *spanData) {
 	}
 	if m.Recipients != 0 {
 		a = append(a, KeyRecipientCount.Int(m.Recipients))
+	}
+	if m.Attempt != 0 {
+		a = append(a, KeyAttempt.Int(m.Attempt))
 	}
 	a = append(a, KeyProbe.Bool(m.Probe))
 	if d.errType != "" {
