@@ -97,6 +97,9 @@ type Deliver struct {
 	// DeliverAckBatch. A gateway sends single DeliverAcks to a node that
 	// does not say so (an older one).
 	AckBatch bool `json:"ack_batch,omitempty"`
+	// Attempt counts the pushes of Msg to these devices: 1, then 2 and more
+	// for redeliveries (0 from a node that does not say).
+	Attempt int `json:"attempt,omitempty"`
 }
 
 // DeliverAck tells the pushing logic node that a device received a message.

@@ -190,6 +190,7 @@ func AppendDeliver(b []byte, d *Deliver) []byte {
 	}
 	encodeStored(&e, "msg", &d.Msg)
 	e.Bool("ack_batch", d.AckBatch, true)
+	e.Int("attempt", int64(d.Attempt), true)
 	e.Close(top)
 	return e.B
 }
@@ -215,6 +216,13 @@ func DecodeDeliver(data []byte, v *Deliver) error {
 				return decodeStored(d, &v.Msg)
 			case "ack_batch":
 				return d.Bool(&v.AckBatch)
+			case "attempt":
+				var n int64
+				if !d.Int(&n) || n != int64(int(n)) {
+					return false
+				}
+				v.Attempt = int(n)
+				return true
 			}
 			return false
 		})
