@@ -96,7 +96,7 @@ type Client struct {
 type session struct {
 	ws      *websocket.Conn
 	gateway string
-	user    string // who the gateway authenticated
+	user    string        // who the gateway authenticated
 	lost    chan struct{} // closed when the connection is gone
 	hb      time.Duration
 }
