@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -206,6 +207,21 @@ func TestMessageTraceAcrossProcesses(t *testing.T) {
 				t.Errorf("%s %s = %v (%T), want %v", name, k, g, g, v)
 			}
 		}
+	}
+	// `imwatch trace MSGID` prints the message's whole waterfall.
+	cmd := startProc(t, "trace", "trace", res.MsgID, "--center", base)
+	if code := cmd.wait(30 * time.Second); code != 0 {
+		t.Fatalf("imwatch trace: exit %d\n%s", code, cmd.logTail(10))
+	}
+	out := cmd.stdout()
+	t.Log(out)
+	for _, h := range hops {
+		if !regexp.MustCompile(`(?m)^ +[0-9.]+ +[0-9.]+ +` + regexp.QuoteMeta(h.name) + ` +` + h.service + ` `).MatchString(out) {
+			t.Errorf("imwatch trace shows no line for %s of %s", h.name, h.service)
+		}
+	}
+	if strings.Contains(out, "MISSING PARENT") || !strings.Contains(out, "8 spans") {
+		t.Errorf("imwatch trace: not one whole trace of 8 spans:\n%s", out)
 	}
 	// The untraced stretches between hops of a healthy message, against the
 	// center's default gap threshold: they are what the threshold is tuned to.
