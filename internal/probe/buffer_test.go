@@ -236,3 +236,21 @@ func FuzzQueueRecords(f *testing.F) {
 		}
 	})
 }
+
+func TestPushTimeIsAlwaysLaterThanTheLastPush(t *testing.T) {
+	t0 := time.UnixMilli(1_764_000_000_000)
+	for _, tc := range []struct {
+		name      string
+		last, now time.Time
+		want      time.Time
+	}{
+		{"first push", time.Time{}, t0.Add(400 * time.Microsecond), t0},
+		{"a second later", t0, t0.Add(time.Second), t0.Add(time.Second)},
+		{"same millisecond", t0, t0.Add(300 * time.Microsecond), t0.Add(time.Millisecond)},
+		{"clock stepped back", t0.Add(5 * time.Millisecond), t0, t0.Add(6 * time.Millisecond)},
+	} {
+		if got := pushTime(tc.last, tc.now); !got.Equal(tc.want) {
+			t.Errorf("%s: pushTime(%v, %v) = %v, want %v", tc.name, tc.last.UnixMicro(), tc.now.UnixMicro(), got.UnixMicro(), tc.want.UnixMicro())
+		}
+	}
+}

@@ -64,6 +64,7 @@ type pipeline struct {
 	sendWG  sync.WaitGroup
 	sendCx  context.CancelFunc
 	senders []*sender
+	lastTS  time.Time // of the last push: each push is stamped later than the one before
 }
 
 // New makes a prober for cfg; Start starts it.
@@ -174,13 +175,27 @@ func (p *Prober) push(pl *pipeline) {
 		p.log.Warn("gathering metrics failed", "err", err)
 		return
 	}
-	body, err := writeRequest(mfs, map[string]string{"job": "imwatch-probe", "instance": pl.cfg.Location}, time.Now())
+	ts := pushTime(pl.lastTS, time.Now())
+	pl.lastTS = ts
+	body, err := writeRequest(mfs, map[string]string{"job": "imwatch-probe", "instance": pl.cfg.Location}, ts)
 	if err != nil || body == nil {
 		return
 	}
 	if err := pl.qm.Append(body); err != nil {
 		p.log.Warn("buffering metrics failed", "err", err)
 	}
+}
+
+// pushTime is the timestamp of a push at now after one at last: now to the
+// millisecond, but always later than last. Two pushes within one millisecond
+// (a tick and the push at stop) would give a series two values for one
+// timestamp, which the center refuses as a duplicate sample.
+func pushTime(last, now time.Time) time.Time {
+	ts := now.Truncate(time.Millisecond)
+	if !ts.After(last) {
+		ts = last.Add(time.Millisecond)
+	}
+	return ts
 }
 
 // stopPipeline flushes what it holds into the buffer, sends what it can

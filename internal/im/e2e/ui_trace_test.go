@@ -18,9 +18,8 @@ import (
 // TestUITracesAgainstUp: with the center's trace store (issue 5), spans sent
 // as an OTLP exporter sends them: searching a message's id in the UI opens
 // that message's waterfall, and clicking a failed probe round on the probes
-// page opens its trace. Until the trace store is in this build the center
-// says so in /ui/features.json and the test skips; the same flows run now
-// against the contract's JSON in internal/center/ui (browser_test.go).
+// page opens its trace. The same flows also run against the contract's JSON
+// in internal/center/ui (browser_test.go).
 func TestUITracesAgainstUp(t *testing.T) {
 	b := uitest.Start(t)
 	data := t.TempDir()
@@ -38,7 +37,7 @@ func TestUITracesAgainstUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !feats.Traces || !feats.ProbeFailures {
-		t.Skip("this center has no trace store yet (issue 5): the UI's trace flows are tested against the contract in internal/center/ui")
+		t.Fatalf("/ui/features.json says traces=%v probe_failures=%v: the center of imwatch up must have its trace store and the probe-failure list", feats.Traces, feats.ProbeFailures)
 	}
 
 	// A message's trace and a failed probe round, as OTLP/JSON.
