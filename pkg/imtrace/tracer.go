@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/sdk/instrumentation"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -208,13 +207,7 @@ func New(cfg Config) (*Tracer, error) {
 	if cfg.Processor != nil {
 		t.out = cfg.Processor
 	} else {
-		exp, err := otlptracehttp.New(context.Background(),
-			otlptracehttp.WithEndpointURL(cfg.Endpoint),
-			otlptracehttp.WithCompression(otlptracehttp.GzipCompression),
-			otlptracehttp.WithTimeout(cfg.ExportTimeout))
-		if err != nil {
-			return nil, fmt.Errorf("tracing exporter for %s: %w", cfg.Endpoint, err)
-		}
+		exp := newHTTPExporter(cfg.Endpoint, cfg.ExportTimeout)
 		t.recycle = true
 		t.bounded = &boundedProcessor{limit: int64(cfg.QueueSize), t: t}
 		t.bounded.next = sdktrace.NewBatchSpanProcessor(&countingExporter{next: exp, t: t},
@@ -293,7 +286,7 @@ func (p *boundedProcessor) ForceFlush(ctx context.Context) error { return p.next
 
 // countingExporter counts what the exporter did and, once the exporter has
 // copied them into its request, returns the package's span records to their
-// pool: otlptracehttp converts a batch to protobuf before ExportSpans returns.
+// pool: httpExporter encodes a batch before its first attempt to send it.
 type countingExporter struct {
 	next sdktrace.SpanExporter
 	t    *Tracer

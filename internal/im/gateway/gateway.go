@@ -434,3 +434,6 @@ func (g *Gateway) handleDeliver(m *nats.Msg) {
 	}
 	sp.End()
 }
+
+// Tracer is the gateway's tracer (nil when it does not trace).
+func (g *Gateway) Tracer() *imtrace.Tracer { return g.tr }

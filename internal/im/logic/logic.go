@@ -240,3 +240,6 @@ func replyJSON(m *nats.Msg, v any) {
 	}
 	_ = m.Respond(data)
 }
+
+// Tracer is the node's tracer (nil when it does not trace).
+func (l *Logic) Tracer() *imtrace.Tracer { return l.tr }
