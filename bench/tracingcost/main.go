@@ -52,6 +52,7 @@ func main() {
 	configs := flag.String("configs", "off,default,full", "configurations: off, default (imtrace.DefaultRatio), full (ratio 1), or a ratio")
 	sink := flag.String("sink", "discard", "where spans go: discard (an OTLP/HTTP endpoint in the process that reads and drops them) or center")
 	clientTracing := flag.Bool("client-tracing", false, "also trace the load generator's clients (im.client.*)")
+	compression := flag.String("compression", "gzip", "compression of the OTLP requests: gzip or none")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
 	if *cpuProfile != "" {
@@ -93,7 +94,7 @@ func main() {
 	for r := 0; r < *rounds; r++ {
 		for i := range setups {
 			s := setups[(i+r)%len(setups)]
-			res, err := run(s, endpoint, *clientTracing, secret, *users, *satRate, *fixedRate, *duration, log)
+			res, err := run(s, *compression, endpoint, *clientTracing, secret, *users, *satRate, *fixedRate, *duration, log)
 			if err != nil {
 				fail(err)
 			}
@@ -117,7 +118,7 @@ type result struct {
 	exported, dropped uint64
 }
 
-func run(s setup, endpoint string, clientTracing bool, secret []byte, users int, satRate, fixedRate float64, d time.Duration, log *slog.Logger) (result, error) {
+func run(s setup, compression, endpoint string, clientTracing bool, secret []byte, users int, satRate, fixedRate float64, d time.Duration, log *slog.Logger) (result, error) {
 	dir, err := os.MkdirTemp("", "tracingcost")
 	if err != nil {
 		return result{}, err
@@ -127,7 +128,7 @@ func run(s setup, endpoint string, clientTracing bool, secret []byte, users int,
 	var tracers []*imtrace.Tracer
 	o := cluster.Options{DataDir: dir, Secret: secret, Log: log, Metrics: true, GatewayListen: []string{"127.0.0.1:0", "127.0.0.1:0"}}
 	if s.ratio >= 0 {
-		tmpl = &imtrace.Config{Endpoint: endpoint, Ratio: s.ratio}
+		tmpl = &imtrace.Config{Endpoint: endpoint, Ratio: s.ratio, Compression: compression}
 		o.Tracing = tmpl
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

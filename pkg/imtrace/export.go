@@ -34,6 +34,7 @@ type httpExporter struct {
 	url     string
 	client  *http.Client
 	timeout time.Duration
+	gzip    bool
 
 	mu  sync.Mutex // one export at a time (the batch processor makes one anyway)
 	buf []byte     // the request, reused
@@ -45,7 +46,7 @@ type httpExporter struct {
 
 func newHTTPExporter(url string, timeout time.Duration) *httpExporter {
 	gz, _ := gzip.NewWriterLevel(io.Discard, gzip.BestSpeed)
-	return &httpExporter{url: url, timeout: timeout, gz: gz, client: &http.Client{Timeout: timeout}}
+	return &httpExporter{url: url, timeout: timeout, gz: gz, gzip: true, client: &http.Client{Timeout: timeout}}
 }
 
 // Retries of a refused or failed request: from retryInitial, doubling, to
@@ -62,11 +63,15 @@ func (e *httpExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnl
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.buf = e.appendRequest(e.buf[:0], spans)
-	e.zb.Reset()
-	e.gz.Reset(&e.zb)
-	_, _ = e.gz.Write(e.buf)
-	if err := e.gz.Close(); err != nil {
-		return fmt.Errorf("otlp: gzip: %w", err)
+	body := e.buf
+	if e.gzip {
+		e.zb.Reset()
+		e.gz.Reset(&e.zb)
+		_, _ = e.gz.Write(e.buf)
+		if err := e.gz.Close(); err != nil {
+			return fmt.Errorf("otlp: gzip: %w", err)
+		}
+		body = e.zb.Bytes()
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -75,7 +80,7 @@ func (e *httpExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnl
 	}
 	wait := retryInitial
 	for {
-		retry, after, err := e.post(ctx, e.zb.Bytes())
+		retry, after, err := e.post(ctx, body)
 		if err == nil || !retry {
 			return err
 		}
@@ -105,7 +110,9 @@ func (e *httpExporter) post(ctx context.Context, body []byte) (retry bool, after
 		return false, 0, fmt.Errorf("otlp: %w", err)
 	}
 	req.Header.Set("Content-Type", "application/x-protobuf")
-	req.Header.Set("Content-Encoding", "gzip")
+	if e.gzip {
+		req.Header.Set("Content-Encoding", "gzip")
+	}
 	req.Header.Set("User-Agent", "imwatch-imtrace")
 	resp, err := e.client.Do(req)
 	if err != nil {

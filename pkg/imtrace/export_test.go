@@ -101,10 +101,18 @@ func exporterSpans(t *testing.T) []sdktrace.ReadOnlySpan {
 // TestExporterMatchesSDK: the package's exporter sends the same OTLP
 // protobuf as the SDK's otlptracehttp for the same spans.
 func TestExporterMatchesSDK(t *testing.T) {
+	for _, gz := range []bool{true, false} {
+		t.Run(map[bool]string{true: "gzip", false: "none"}[gz], func(t *testing.T) { exporterMatchesSDK(t, gz) })
+	}
+}
+
+func exporterMatchesSDK(t *testing.T, gz bool) {
 	spans := exporterSpans(t)
 	ours, got := captureBodies(t)
 	sdk, want := captureBodies(t)
-	if err := newHTTPExporter(ours.URL+"/v1/traces", 5*time.Second).ExportSpans(context.Background(), spans); err != nil {
+	e := newHTTPExporter(ours.URL+"/v1/traces", 5*time.Second)
+	e.gzip = gz
+	if err := e.ExportSpans(context.Background(), spans); err != nil {
 		t.Fatal(err)
 	}
 	exp, err := otlptracehttp.New(context.Background(), otlptracehttp.WithEndpointURL(sdk.URL+"/v1/traces"))

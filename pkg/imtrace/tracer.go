@@ -43,6 +43,10 @@ type Config struct {
 	// http://127.0.0.1:7070/v1/traces (the center). Exactly one of Endpoint
 	// and Processor is set unless Disabled.
 	Endpoint string
+	// Compression of the OTLP requests: "gzip" (the default, "" too) or
+	// "none", which saves the CPU gzip takes where bandwidth is cheap (a
+	// center on the same host or LAN).
+	Compression string
 	// Processor receives every kept span instead of an exporter: tests give
 	// a tracetest.SpanRecorder, other pipelines their own processor.
 	Processor sdktrace.SpanProcessor
@@ -104,6 +108,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.Service == "" {
 		errs = append(errs, errors.New("service: set the service name (resource attribute service.name)"))
+	}
+	if c.Compression != "" && c.Compression != "gzip" && c.Compression != "none" {
+		errs = append(errs, fmt.Errorf("compression: %q is neither gzip nor none", c.Compression))
 	}
 	if math.IsNaN(c.Ratio) || c.Ratio < 0 || c.Ratio > 1 {
 		errs = append(errs, fmt.Errorf("ratio: %v is not in [0, 1]", c.Ratio))
@@ -208,6 +215,7 @@ func New(cfg Config) (*Tracer, error) {
 		t.out = cfg.Processor
 	} else {
 		exp := newHTTPExporter(cfg.Endpoint, cfg.ExportTimeout)
+		exp.gzip = cfg.Compression != "none"
 		t.recycle = true
 		t.bounded = &boundedProcessor{limit: int64(cfg.QueueSize), t: t}
 		t.bounded.next = sdktrace.NewBatchSpanProcessor(&countingExporter{next: exp, t: t},

@@ -456,6 +456,8 @@ func TestConfigValidate(t *testing.T) {
 		{"bad endpoint", Config{Service: "s", Endpoint: "127.0.0.1:7070"}, "endpoint"},
 		{"both", Config{Service: "s", Endpoint: "http://x/v1/traces", Processor: discardProcessor{}}, "both"},
 		{"negative queue", Config{Service: "s", Endpoint: "http://x/v1/traces", QueueSize: -1}, "queue_size"},
+		{"no compression", Config{Service: "s", Endpoint: "http://x/v1/traces", Compression: "none"}, ""},
+		{"bad compression", Config{Service: "s", Endpoint: "http://x/v1/traces", Compression: "zstd"}, "compression"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
