@@ -39,17 +39,18 @@ import (
 )
 
 type setup struct {
-	name  string
-	ratio float64 // <0: tracing off
+	name   string
+	ratio  float64 // <0: tracing off
+	noTail bool    // TailBuffer -1: head sampling only
 }
 
 func main() {
 	rounds := flag.Int("rounds", 5, "rounds; each runs every configuration once, the order rotating")
 	users := flag.Int("users", 200, "connected users")
-	satRate := flag.Float64("rate", 100000, "offered messages/s of the saturating phase, above what the cluster can take")
+	satRate := flag.Float64("rate", 100000, "offered messages/s of the saturating phase, above what the cluster can take; 0 skips it")
 	fixedRate := flag.Float64("fixed-rate", 2000, "offered messages/s of the CPU-per-message phase, below saturation; 0 skips it")
 	duration := flag.Duration("duration", 8*time.Second, "sending time per phase")
-	configs := flag.String("configs", "off,default,full", "configurations: off, default (imtrace.DefaultRatio), full (ratio 1), or a ratio")
+	configs := flag.String("configs", "off,default,full", "configurations: off, default (imtrace.DefaultRatio), full (ratio 1), or a ratio; a suffix -notail switches the tail sampling off")
 	sink := flag.String("sink", "discard", "where spans go: discard (an OTLP/HTTP endpoint in the process that reads and drops them) or center")
 	clientTracing := flag.Bool("client-tracing", false, "also trace the load generator's clients (im.client.*)")
 	compression := flag.String("compression", "gzip", "compression of the OTLP requests: gzip or none")
@@ -67,20 +68,25 @@ func main() {
 	}
 	var setups []setup
 	for _, c := range strings.Split(*configs, ",") {
+		noTail := strings.HasSuffix(c, "-notail")
+		name := c
+		c = strings.TrimSuffix(c, "-notail")
+		n := len(setups)
 		switch c {
 		case "off":
-			setups = append(setups, setup{c, -1})
+			setups = append(setups, setup{c, -1, false})
 		case "default":
-			setups = append(setups, setup{c, imtrace.DefaultRatio})
+			setups = append(setups, setup{c, imtrace.DefaultRatio, false})
 		case "full":
-			setups = append(setups, setup{c, 1})
+			setups = append(setups, setup{c, 1, false})
 		default:
 			var r float64
 			if _, err := fmt.Sscan(c, &r); err != nil || r < 0 || r > 1 {
 				fail(fmt.Errorf("config %q: off, default, full or a ratio in [0, 1]", c))
 			}
-			setups = append(setups, setup{c, r})
+			setups = append(setups, setup{c, r, false})
 		}
+		setups[n].name, setups[n].noTail = name, noTail
 	}
 	endpoint, stopSink, err := startSink(*sink)
 	if err != nil {
@@ -98,8 +104,8 @@ func main() {
 			if err != nil {
 				fail(err)
 			}
-			fmt.Printf("round %d %-8s saturated %7.0f delivered/s   at %g/s: %6.1f µs CPU per message   spans exported %d, dropped %d\n",
-				r+1, s.name, res.dps, *fixedRate, res.cpuPerMsg, res.exported, res.dropped)
+			fmt.Printf("round %d %-8s saturated %7.0f delivered/s   at %g/s: %6.1f µs CPU per message   spans exported %d (promoted %d), dropped %d\n",
+				r+1, s.name, res.dps, *fixedRate, res.cpuPerMsg, res.exported, res.promoted, res.dropped)
 			dps[s.name] = append(dps[s.name], res.dps)
 			cpu[s.name] = append(cpu[s.name], res.cpuPerMsg)
 		}
@@ -114,8 +120,8 @@ func main() {
 }
 
 type result struct {
-	dps, cpuPerMsg    float64
-	exported, dropped uint64
+	dps, cpuPerMsg              float64
+	exported, dropped, promoted uint64
 }
 
 func run(s setup, compression, endpoint string, clientTracing bool, secret []byte, users int, satRate, fixedRate float64, d time.Duration, log *slog.Logger) (result, error) {
@@ -129,6 +135,9 @@ func run(s setup, compression, endpoint string, clientTracing bool, secret []byt
 	o := cluster.Options{DataDir: dir, Secret: secret, Log: log, Metrics: true, GatewayListen: []string{"127.0.0.1:0", "127.0.0.1:0"}}
 	if s.ratio >= 0 {
 		tmpl = &imtrace.Config{Endpoint: endpoint, Ratio: s.ratio, Compression: compression}
+		if s.noTail {
+			tmpl.TailBuffer = -1
+		}
 		o.Tracing = tmpl
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -162,11 +171,14 @@ func run(s setup, compression, endpoint string, clientTracing bool, secret []byt
 		}
 		return rep, err
 	}
-	rep, err := lg(satRate)
-	if err != nil {
-		return result{}, err
+	var res result
+	if satRate > 0 {
+		rep, err := lg(satRate)
+		if err != nil {
+			return result{}, err
+		}
+		res.dps = rep.DeliveredPerSecond
 	}
-	res := result{dps: rep.DeliveredPerSecond}
 	if fixedRate > 0 {
 		before := cpuTime()
 		rep, err := lg(fixedRate)
@@ -180,6 +192,7 @@ func run(s setup, compression, endpoint string, clientTracing bool, secret []byt
 		st := tr.Stats()
 		res.exported += st.Exported
 		res.dropped += st.ExportDropped
+		res.promoted += st.Promoted
 	}
 	return res, nil
 }
