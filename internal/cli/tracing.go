@@ -58,7 +58,8 @@ func (t *tracingFlags) tracer(service, instance string) (tr *imtrace.Tracer, sto
 		return nil, func() {}, usageError{err}
 	}
 	return tr, func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		// Bounded: a center that is gone must not hold the stop up.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		_ = tr.Shutdown(ctx)
 	}, nil

@@ -146,8 +146,13 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 	// it flushes its store on the way.
 	sctx, scancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer scancel()
-	// The probers first, so that their last results reach the center.
-	errs := []error{stopUpProbers(sctx, probers), cen.Stop(sctx)}
+	// The probers first, so that their last results reach the center, and
+	// the spans the IM's parts hold.
+	errs := []error{stopUpProbers(sctx, probers)}
+	fctx, fcancel := context.WithTimeout(sctx, 2*time.Second)
+	_ = c.FlushTracing(fctx)
+	fcancel()
+	errs = append(errs, cen.Stop(sctx))
 	if as != nil {
 		errs = append(errs, as.Stop(sctx))
 	}

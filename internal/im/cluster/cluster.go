@@ -5,6 +5,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -54,6 +55,7 @@ type Cluster struct {
 	LogicMetrics []*service.HTTP
 	group        *service.Group
 	conns        []*nats.Conn
+	tracers      []*imtrace.Tracer
 }
 
 // Start starts NATS (unless external), the logic nodes, then the gateways.
@@ -171,11 +173,33 @@ func (c *Cluster) tracer(ctx context.Context, tmpl *imtrace.Config, svc, instanc
 	if err != nil || tr == nil {
 		return nil, err
 	}
-	if err := c.group.Start(ctx, service.Func{N: instance + " tracing", StopFn: tr.Shutdown}); err != nil {
-		_ = tr.Shutdown(ctx)
+	// Stopped after the part, flushing its last spans; bounded, for a
+	// receiver that is gone by then (`imwatch up` stops its center first
+	// and flushes the tracers before, FlushTracing).
+	stop := func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, tracingStopTimeout)
+		defer cancel()
+		return tr.Shutdown(ctx)
+	}
+	if err := c.group.Start(ctx, service.Func{N: instance + " tracing", StopFn: stop}); err != nil {
+		_ = stop(ctx)
 		return nil, err
 	}
+	c.tracers = append(c.tracers, tr)
 	return tr, nil
+}
+
+// tracingStopTimeout bounds how long a part's tracer may take to send its
+// last spans when the cluster stops.
+const tracingStopTimeout = time.Second
+
+// FlushTracing sends the spans the parts' tracers hold now.
+func (c *Cluster) FlushTracing(ctx context.Context) error {
+	var errs []error
+	for _, tr := range c.tracers {
+		errs = append(errs, tr.ForceFlush(ctx))
+	}
+	return errors.Join(errs...)
 }
 
 func (c *Cluster) connect(name string, log *slog.Logger) (*nats.Conn, error) {
