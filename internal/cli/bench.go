@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/imwatch/imwatch/internal/im/cluster"
 	"github.com/imwatch/imwatch/internal/im/loadgen"
 )
 
@@ -42,6 +43,8 @@ Example: imwatch im bench --data ./imwatch-data --users 1000 --rate 2000 --durat
 	var gateways urlList
 	var sf secretFlags
 	var lf logFlags
+	var tf tracingFlags
+	tf.register(fs, false)
 	fs.Var(&gateways, "gateway", "gateway WebSocket URL, repeatable or comma-separated (default "+strings.Join(defaultBenchGateways, ",")+")")
 	sf.register(fs)
 	lf.register(fs)
@@ -81,7 +84,12 @@ Example: imwatch im bench --data ./imwatch-data --users 1000 --rate 2000 --durat
 	if err != nil {
 		return err
 	}
-	cfg := loadgen.Config{
+	tr, stopTracing, err := tf.tracer(cluster.ServiceClient, "im-bench")
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
+	cfg := loadgen.Config{Tracer: tr,
 		URLs: gateways, Secret: secret, Users: *users, Rate: *rate, Duration: *duration, Drain: *drain,
 		MaxInflight: *inflight, DialConcurrency: *dialConc, SendTimeout: *sendTimeout, BodyBytes: *bodyBytes,
 		SkipWarmup: !*warmup, RunID: *runID, Log: log,

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/imwatch/imwatch/internal/im/bus"
+	"github.com/imwatch/imwatch/internal/im/cluster"
 	"github.com/imwatch/imwatch/internal/im/gateway"
 	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/logic"
@@ -52,9 +53,11 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	var nf natsFlags
 	var sf secretFlags
 	var lf logFlags
+	var tf tracingFlags
 	nf.register(fs, "127.0.0.1:4222")
 	sf.register(fs)
 	lf.register(fs)
+	tf.register(fs, true)
 	listen := fs.String("listen", "127.0.0.1:7080", "address of the WebSocket endpoint /ws")
 	id := fs.String("id", "", "gateway id, unique in the cluster (default: from --listen)")
 	idle := fs.Duration("idle-timeout", 60*time.Second, "close a connection that sends nothing for this long")
@@ -88,10 +91,16 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer nc.Close()
+	tr, stopTracing, err := tf.tracer(cluster.ServiceGateway, *id)
+	if err != nil {
+		return err
+	}
+	defer stopTracing() // after the gateway stopped: its last spans are flushed
 	cfg := gateway.DefaultConfig(*id, *listen, secret)
-	cfg.Log, cfg.IdleTimeout, cfg.RateLimit = log, *idle, *rateLimit
+	cfg.Log, cfg.IdleTimeout, cfg.RateLimit, cfg.Tracer = log, *idle, *rateLimit, tr
 	if *metrics {
 		cfg.Metrics = immetrics.New("gateway")
+		cfg.Metrics.Tracing(tr)
 	}
 	gw, err := gateway.New(cfg, nc)
 	if err != nil {
@@ -118,8 +127,10 @@ func runLogic(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("im logic", "Runs a logic node of the reference IM. Start any number; they share the work.", stderr)
 	var nf natsFlags
 	var lf logFlags
+	var tf tracingFlags
 	nf.register(fs, "127.0.0.1:4222")
 	lf.register(fs)
+	tf.register(fs, true)
 	node := fs.String("node", "logic-1", "node name, unique among logic nodes")
 	ackTimeout := fs.Duration("ack-timeout", 2*time.Second, "push a message again when a device has not acknowledged it in this time")
 	metricsListen := fs.String("metrics-listen", "127.0.0.1:7090", "address of the IM metric set's /metrics (empty: metrics off)")
@@ -141,11 +152,17 @@ func runLogic(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer nc.Close()
+	tr, stopTracing, err := tf.tracer(cluster.ServiceLogic, *node)
+	if err != nil {
+		return err
+	}
+	defer stopTracing() // after the node stopped: its last spans are flushed
 	cfg := logic.DefaultConfig(*node)
-	cfg.Log, cfg.AckTimeout = log, *ackTimeout
+	cfg.Log, cfg.AckTimeout, cfg.Tracer = log, *ackTimeout, tr
 	var ms *service.HTTP
 	if *metricsListen != "" {
 		cfg.Metrics = immetrics.New("logic")
+		cfg.Metrics.Tracing(tr)
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", cfg.Metrics.Handler())
 		ms = &service.HTTP{N: "logic metrics", Listen: *metricsListen, Handler: mux, Log: log}

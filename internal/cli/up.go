@@ -3,10 +3,12 @@ package cli
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -24,8 +26,10 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("up", "Runs everything on this machine with embedded defaults: NATS with JetStream,\ntwo gateways and a logic node of the reference IM.", stderr)
 	var lf logFlags
 	var sf secretFlags
+	var tf tracingFlags
 	lf.register(fs)
 	sf.register(fs)
+	tf.register(fs, true)
 	data := fs.String("data", "./imwatch-data", "data directory")
 	gwListen := fs.String("gateway-listen", "127.0.0.1:7080", "address of the first gateway; the second listens on the next port")
 	natsURL := fs.String("nats", "", "URL of an external NATS with JetStream (default: embed one)")
@@ -51,12 +55,24 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageError{err}
 	}
+	// The parts send their spans to this center, which starts after them:
+	// its address must be known first.
+	if *listen, err = resolvePort(*listen); err != nil {
+		return usageError{fmt.Errorf("--listen: %w", err)}
+	}
+	if !flagSet(fs, "tracing-endpoint") {
+		tf.endpoint = "http://" + *listen + "/v1/traces"
+	}
+	tracing, err := tf.template()
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(sig, 30*time.Second)
 	defer cancel()
 	c, err := cluster.Start(ctx, cluster.Options{
 		DataDir: *data, NATSURL: *natsURL, NATSListen: *natsListen,
 		GatewayListen: []string{*gwListen, gw2}, LogicNodes: 1, Secret: secret, Log: log,
-		Metrics: true, LogicMetricsListen: *logicMetrics,
+		Metrics: true, LogicMetricsListen: *logicMetrics, Tracing: tracing,
 	})
 	if err != nil {
 		if sig.Err() != nil { // cluster.Start stopped what it had started
@@ -106,6 +122,11 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "imwatch is up.\n")
 	fmt.Fprintf(stdout, "  center:    %s  (Prometheus API: %s/api/v1/query)\n", cen.URL(), cen.URL())
 	fmt.Fprintf(stdout, "  traces:    OTLP/HTTP %s/v1/traces, queries %s/api/traces, imwatch trace MSGID\n", cen.URL(), cen.URL())
+	if tracing != nil {
+		fmt.Fprintf(stdout, "  tracing:   the IM's hops, %g of messages (probes, errors, slow ones always) to %s\n", tracing.Ratio, tracing.Endpoint)
+	} else {
+		fmt.Fprintf(stdout, "  tracing:   off (--tracing=false); probe rounds are still traced\n")
+	}
 	fmt.Fprintf(stdout, "  nats:      %s\n", c.NATSURL)
 	for i, u := range c.URLs() {
 		fmt.Fprintf(stdout, "  gateway %d: %s  (metrics http://%s/metrics)\n", i+1, u, c.Gateways[i].Addr())
@@ -125,13 +146,43 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 	// it flushes its store on the way.
 	sctx, scancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer scancel()
-	// The probers first, so that their last results reach the center.
-	errs := []error{stopUpProbers(sctx, probers), cen.Stop(sctx)}
+	// The probers first, so that their last results reach the center, and
+	// the spans the IM's parts hold.
+	errs := []error{stopUpProbers(sctx, probers)}
+	fctx, fcancel := context.WithTimeout(sctx, 2*time.Second)
+	_ = c.FlushTracing(fctx)
+	fcancel()
+	errs = append(errs, cen.Stop(sctx))
 	if as != nil {
 		errs = append(errs, as.Stop(sctx))
 	}
 	errs = append(errs, c.Stop(stopTimeout))
 	return errors.Join(errs...)
+}
+
+// resolvePort replaces port 0 of listen by a free port, so that the address
+// is known before the listener opens.
+func resolvePort(listen string) (string, error) {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "", err
+	}
+	if port != "0" {
+		return listen, nil
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// flagSet reports whether the command line set flag name.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // startUpCenter runs the center of `imwatch up`: its store under DATA/tsdb, the

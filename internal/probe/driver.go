@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/imwatch/imwatch/pkg/imtrace"
 	"log/slog"
 	"sort"
 	"time"
@@ -32,6 +33,9 @@ type OpenRequest struct {
 	// Timing is filled in with the time connect and login took.
 	Timing *Timing
 	Log    *slog.Logger
+	// Tracer traces the client's hops of probe messages, for drivers whose
+	// client is instrumented (the reference IM's); nil traces nothing.
+	Tracer *imtrace.Tracer
 }
 
 // Timing is how long an Open's steps took.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/imwatch/imwatch/pkg/imtrace"
 	"io"
 	"log/slog"
 	"math"
@@ -38,21 +39,36 @@ const (
 
 // newTracerProvider makes the prober's tracer provider: every round
 // sampled, spans batched into the traces queue as OTLP requests.
-func newTracerProvider(location string, q *Queue) *sdktrace.TracerProvider {
+//
+// The second result traces the reference IM client's hops of the probe
+// messages (im.client.send, .receive, .ack; service imwatch-client,
+// instance the location) into the same queue, so that a round's trace
+// holds the IM's hops below im.probe.send.
+func newTracerProvider(location string, q *Queue) (*sdktrace.TracerProvider, *imtrace.Tracer) {
 	res := resource.NewSchemaless(
 		attribute.String("service.name", ServiceName),
 		attribute.String("service.instance.id", location),
 	)
 	exp := otlptrace.NewUnstarted(&bufferClient{q: q})
-	return sdktrace.NewTracerProvider(
+	bsp := sdktrace.NewBatchSpanProcessor(exp,
+		sdktrace.WithMaxQueueSize(1<<17),
+		sdktrace.WithMaxExportBatchSize(4096),
+		sdktrace.WithBatchTimeout(time.Second))
+	tp := sdktrace.NewTracerProvider(
 		sdktrace.WithSampler(sdktrace.AlwaysSample()),
 		sdktrace.WithResource(res),
-		sdktrace.WithBatcher(exp,
-			sdktrace.WithMaxQueueSize(1<<17),
-			sdktrace.WithMaxExportBatchSize(4096),
-			sdktrace.WithBatchTimeout(time.Second)),
+		sdktrace.WithSpanProcessor(bsp),
 	)
+	// Probe messages are always sampled; nothing else goes through it.
+	hops, err := imtrace.New(imtrace.Config{Service: ClientServiceName, Instance: location, Processor: bsp, Ratio: 0, TailBuffer: -1})
+	if err != nil {
+		panic(err) // the config is fixed: a failure is a bug
+	}
+	return tp, hops
 }
+
+// ClientServiceName is the service.name of the probe clients' IM hops.
+const ClientServiceName = "imwatch-client"
 
 // bufferClient is the OTLP exporter's client: instead of a connection, it
 // writes each batch of ResourceSpans into the on-disk queue as one OTLP/HTTP

@@ -48,6 +48,7 @@ func (imwatchDriver) Open(ctx context.Context, req OpenRequest) (Endpoint, error
 			}
 		},
 		OnDeliver: e.onDeliver,
+		Tracer:    req.Tracer,
 	})
 	if err != nil {
 		if errors.Is(err, client.ErrAuth) {

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/imwatch/imwatch/pkg/imtrace"
 	"log/slog"
 	"net/http"
 	"path/filepath"
@@ -56,6 +57,7 @@ type pipeline struct {
 	cfg     Config
 	tp      *sdktrace.TracerProvider
 	tracer  trace.Tracer
+	hops    *imtrace.Tracer // the IM client's hops of probe messages
 	qm, qt  *Queue
 	cancel  context.CancelFunc // of the senders and the pusher
 	wg      sync.WaitGroup
@@ -123,7 +125,7 @@ func (p *Prober) startPipeline(cfg Config) (*pipeline, error) {
 		return nil, err
 	}
 	pl := &pipeline{cfg: cfg, qm: qm, qt: qt}
-	pl.tp = newTracerProvider(cfg.Location, qt)
+	pl.tp, pl.hops = newTracerProvider(cfg.Location, qt)
 	pl.tracer = pl.tp.Tracer("github.com/imwatch/imwatch/internal/probe")
 	ctx, cancel := context.WithCancel(context.Background())
 	sctx, scancel := context.WithCancel(context.Background())

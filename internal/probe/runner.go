@@ -122,7 +122,7 @@ func newRunner(p *Prober, pl *pipeline, t Target) *runner {
 		if role != "" {
 			name += "." + role
 		}
-		return OpenRequest{Target: &r.t, Account: accounts[i], Role: role, Name: name, Deliver: r.deliver, Log: r.log}
+		return OpenRequest{Target: &r.t, Account: accounts[i], Role: role, Name: name, Deliver: r.deliver, Log: r.log, Tracer: pl.hops}
 	}
 	if len(accounts) == 1 {
 		r.links = []*link{{txOpen: req(0, "tx"), rxOpen: req(0, "rx")}}

@@ -12,6 +12,7 @@ const (
 	SpanLogicHandle    = "im.logic.handle"
 	SpanStoreAppend    = "im.store.append"
 	SpanGatewayPush    = "im.gateway.push"
+	SpanGatewaySync    = "im.gateway.sync" // a message handed to a device in a sync answer
 	SpanClientReceive  = "im.client.receive"
 	SpanClientAck      = "im.client.ack"
 	SpanLogicAck       = "im.logic.ack"
@@ -34,6 +35,7 @@ const (
 	KeyRecipient   = attribute.Key("imwatch.recipient")     // recipient user of this hop
 	KeyProbe       = attribute.Key("imwatch.probe")         // bool: a probe message, always sampled
 	KeyClientMsgID = attribute.Key("imwatch.client_msg_id") // the sender's client message id
+	KeyAttempt     = attribute.Key("imwatch.attempt")       // a push's attempt: 1, then 2 and more for redeliveries
 )
 
 // SystemName is the value of messaging.system on every hop span.

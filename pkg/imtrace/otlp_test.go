@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imwatch/imwatch/internal/im/imtest"
+	"github.com/imwatch/imwatch/internal/testproc"
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/trace"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
@@ -248,7 +248,7 @@ func TestExportQueueBounded(t *testing.T) {
 // unchanged, so the trace stays whole: the logic span's parent is the
 // gateway span.
 func TestHopsOverNATS(t *testing.T) {
-	nsrv := imtest.StartNATSServer(t)
+	nsrv := testproc.StartNATSServer(t)
 	recv := newOTLPReceiver(t, nil)
 	mk := func(service string) *Tracer {
 		tr, err := New(Config{Service: service, Instance: service + "-1", Endpoint: recv.url(), Ratio: 1, Slow: -1,
@@ -302,7 +302,7 @@ func TestHopsOverNATS(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	imtest.Eventually(t, 10*time.Second, func() error {
+	testproc.Eventually(t, 10*time.Second, func() error {
 		if n := len(recv.received()); n != 2 {
 			return fmt.Errorf("%d spans received, want 2", n)
 		}

@@ -28,6 +28,7 @@ type Message struct {
 	Recipient  string // recipient user of this hop: imwatch.recipient
 	Seq        uint64 // per-conversation sequence: imwatch.seq
 	Recipients int    // recipient count: messaging.batch.message_count
+	Attempt    int    // a push's attempt, 1 for the first (2 and more are redeliveries): imwatch.attempt
 	Probe      bool   // a probe message, always sampled: imwatch.probe
 }
 
@@ -83,6 +84,13 @@ func (t *Tracer) Start(parent trace.SpanContext, name string, kind trace.SpanKin
 func (t *Tracer) StartLinked(parent trace.SpanContext, name string, kind trace.SpanKind, m Message, links []trace.Link) (s Span) {
 	t.start(&s, parent, name, kind, &m, links)
 	return s
+}
+
+// StartInto is Start writing the span into *s, which must be the zero Span:
+// for a span kept in a struct of the caller's (a request waiting for its
+// answer), where assigning Start's result would copy some 400 bytes once more.
+func (t *Tracer) StartInto(s *Span, parent trace.SpanContext, name string, kind trace.SpanKind, m Message) {
+	t.start(s, parent, name, kind, &m, nil)
 }
 
 // start fills the caller's result in place: a Span is some 400 bytes, and
@@ -277,8 +285,8 @@ func (t *Tracer) export(d *spanData) {
 }
 
 // maxAttrs is the most attributes fill sets: system, operation type, the
-// eight Message fields, error.type and imwatch.kept.
-const maxAttrs = 12
+// ten Message fields, error.type and imwatch.kept.
+const maxAttrs = 14
 
 // record is a hop span as the SDK's processors and exporters see it: an
 // sdktrace.ReadOnlySpan made directly, without the SDK's span machinery,
@@ -326,6 +334,9 @@ func (r *record) fill(t *Tracer, d *spanData) {
 	}
 	if m.Recipients != 0 {
 		a = append(a, KeyRecipientCount.Int(m.Recipients))
+	}
+	if m.Attempt != 0 {
+		a = append(a, KeyAttempt.Int(m.Attempt))
 	}
 	a = append(a, KeyProbe.Bool(m.Probe))
 	if d.errType != "" {

@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/sdk/instrumentation"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -44,6 +43,10 @@ type Config struct {
 	// http://127.0.0.1:7070/v1/traces (the center). Exactly one of Endpoint
 	// and Processor is set unless Disabled.
 	Endpoint string
+	// Compression of the OTLP requests: "gzip" (the default, "" too) or
+	// "none", which saves the CPU gzip takes where bandwidth is cheap (a
+	// center on the same host or LAN).
+	Compression string
 	// Processor receives every kept span instead of an exporter: tests give
 	// a tracetest.SpanRecorder, other pipelines their own processor.
 	Processor sdktrace.SpanProcessor
@@ -105,6 +108,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.Service == "" {
 		errs = append(errs, errors.New("service: set the service name (resource attribute service.name)"))
+	}
+	if c.Compression != "" && c.Compression != "gzip" && c.Compression != "none" {
+		errs = append(errs, fmt.Errorf("compression: %q is neither gzip nor none", c.Compression))
 	}
 	if math.IsNaN(c.Ratio) || c.Ratio < 0 || c.Ratio > 1 {
 		errs = append(errs, fmt.Errorf("ratio: %v is not in [0, 1]", c.Ratio))
@@ -208,13 +214,8 @@ func New(cfg Config) (*Tracer, error) {
 	if cfg.Processor != nil {
 		t.out = cfg.Processor
 	} else {
-		exp, err := otlptracehttp.New(context.Background(),
-			otlptracehttp.WithEndpointURL(cfg.Endpoint),
-			otlptracehttp.WithCompression(otlptracehttp.GzipCompression),
-			otlptracehttp.WithTimeout(cfg.ExportTimeout))
-		if err != nil {
-			return nil, fmt.Errorf("tracing exporter for %s: %w", cfg.Endpoint, err)
-		}
+		exp := newHTTPExporter(cfg.Endpoint, cfg.ExportTimeout)
+		exp.gzip = cfg.Compression != "none"
 		t.recycle = true
 		t.bounded = &boundedProcessor{limit: int64(cfg.QueueSize), t: t}
 		t.bounded.next = sdktrace.NewBatchSpanProcessor(&countingExporter{next: exp, t: t},
@@ -293,7 +294,7 @@ func (p *boundedProcessor) ForceFlush(ctx context.Context) error { return p.next
 
 // countingExporter counts what the exporter did and, once the exporter has
 // copied them into its request, returns the package's span records to their
-// pool: otlptracehttp converts a batch to protobuf before ExportSpans returns.
+// pool: httpExporter encodes a batch before its first attempt to send it.
 type countingExporter struct {
 	next sdktrace.SpanExporter
 	t    *Tracer

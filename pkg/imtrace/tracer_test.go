@@ -304,6 +304,26 @@ func TestErrorPromotesTrace(t *testing.T) {
 	}
 }
 
+// TestEveryAttributeAtOnce: every Message field, an error code and the
+// tail's imwatch.kept on one span: the record's attribute array holds them.
+func TestEveryAttributeAtOnce(t *testing.T) {
+	tr, rec := newTestTracer(t, Config{Ratio: 0})
+	sp := tr.Start(trace.SpanContext{}, SpanGatewayPush, trace.SpanKindConsumer, Message{ID: "m", ClientID: "c",
+		Conv: "g=t", Dest: "gw-1", User: "u", Recipient: "r", Seq: 1, Recipients: 2, Attempt: 3}) // unsampled: kept by the tail
+	sp.SetErrorCode("offline", "no target connected")
+	sp.End()
+	got := attrs(rec.Ended()[0])
+	for _, k := range []attribute.Key{KeyMessagingSystem, KeyOperationType, KeyMessageID, KeyClientMsgID, KeyConversationID,
+		KeyDestination, KeyUser, KeyRecipient, KeySeq, KeyRecipientCount, KeyAttempt, KeyProbe, KeyErrorType, KeyKept} {
+		if _, ok := got[k]; !ok {
+			t.Errorf("%s missing", k)
+		}
+	}
+	if got[KeyAttempt].AsInt64() != 3 {
+		t.Errorf("attempt %v", got[KeyAttempt])
+	}
+}
+
 func TestErrorCode(t *testing.T) {
 	tr, rec := newTestTracer(t, Config{Ratio: 0})
 	sp := tr.Start(trace.SpanContext{}, SpanGatewayReceive, trace.SpanKindServer, Message{})
@@ -436,6 +456,8 @@ func TestConfigValidate(t *testing.T) {
 		{"bad endpoint", Config{Service: "s", Endpoint: "127.0.0.1:7070"}, "endpoint"},
 		{"both", Config{Service: "s", Endpoint: "http://x/v1/traces", Processor: discardProcessor{}}, "both"},
 		{"negative queue", Config{Service: "s", Endpoint: "http://x/v1/traces", QueueSize: -1}, "queue_size"},
+		{"no compression", Config{Service: "s", Endpoint: "http://x/v1/traces", Compression: "none"}, ""},
+		{"bad compression", Config{Service: "s", Endpoint: "http://x/v1/traces", Compression: "zstd"}, "compression"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

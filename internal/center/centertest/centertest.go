@@ -24,6 +24,7 @@ import (
 
 	"github.com/imwatch/imwatch/internal/center"
 	"github.com/imwatch/imwatch/internal/center/config"
+	"github.com/imwatch/imwatch/internal/center/traces"
 	"github.com/imwatch/imwatch/internal/im/imtest"
 )
 
@@ -313,4 +314,50 @@ func GetJSON(t testing.TB, baseURL, path string, v any) int {
 		t.Fatalf("GET %s: %s: not JSON: %v: %s", path, resp.Status, err, body)
 	}
 	return resp.StatusCode
+}
+
+// Traces asks the center's trace API (path: /api/traces?... or
+// /api/traces/ID) and returns its traces; a 404 is no traces, not an error.
+func Traces(baseURL, path string) ([]traces.Trace, error) {
+	resp, err := http.Get(baseURL + path)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode == http.StatusNotFound {
+		return nil, nil
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s: %s", path, resp.Status, body)
+	}
+	var r struct {
+		Traces []traces.Trace `json:"traces"`
+	}
+	if err := json.Unmarshal(body, &r); err != nil {
+		return nil, fmt.Errorf("GET %s: %w", path, err)
+	}
+	return r.Traces, nil
+}
+
+// Waterfall is a trace in one line per span (name, service/instance, its
+// parent's name), for test failure messages.
+func Waterfall(tr traces.Trace) string {
+	names := map[string]string{}
+	for _, s := range tr.Spans {
+		names[s.SpanID] = s.Name
+	}
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "trace %s (%d spans, %d gaps, broken %v)\n", tr.TraceID, len(tr.Spans), len(tr.Gaps), tr.Broken)
+	for _, s := range tr.Spans {
+		parent := names[s.ParentSpanID]
+		if s.ParentSpanID != "" && parent == "" {
+			parent = "MISSING " + s.ParentSpanID
+		}
+		fmt.Fprintf(&b, "  %8.3fms %*s%s %s/%s +%.3fms status=%s parent=%s\n", s.OffsetMs, 2*s.Depth, "", s.Name, s.Service, s.Instance, s.DurationMs, s.Status, parent)
+	}
+	for _, g := range tr.Gaps {
+		fmt.Fprintf(&b, "  gap %.3fms after %s before %s\n", g.DurationMs, names[g.AfterSpanID], names[g.BeforeSpanID])
+	}
+	return b.String()
 }

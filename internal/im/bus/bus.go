@@ -97,6 +97,9 @@ type Deliver struct {
 	// DeliverAckBatch. A gateway sends single DeliverAcks to a node that
 	// does not say so (an older one).
 	AckBatch bool `json:"ack_batch,omitempty"`
+	// Attempt counts the pushes of Msg to these devices: 1, then 2 and more
+	// for redeliveries (0 from a node that does not say).
+	Attempt int `json:"attempt,omitempty"`
 }
 
 // DeliverAck tells the pushing logic node that a device received a message.
@@ -104,6 +107,9 @@ type DeliverAck struct {
 	MsgID  string `json:"msg_id"`
 	User   string `json:"u"`
 	Device string `json:"d"`
+	// Trace is the traceparent the device's deliver_ack frame carried (its
+	// im.client.ack span): one per ack, since a batch mixes messages.
+	Trace string `json:"traceparent,omitempty"`
 }
 
 // DeliverAckBatch is deliver-acks a gateway gathered for one logic node, at

@@ -190,6 +190,7 @@ func AppendDeliver(b []byte, d *Deliver) []byte {
 	}
 	encodeStored(&e, "msg", &d.Msg)
 	e.Bool("ack_batch", d.AckBatch, true)
+	e.Int("attempt", int64(d.Attempt), true)
 	e.Close(top)
 	return e.B
 }
@@ -215,6 +216,13 @@ func DecodeDeliver(data []byte, v *Deliver) error {
 				return decodeStored(d, &v.Msg)
 			case "ack_batch":
 				return d.Bool(&v.AckBatch)
+			case "attempt":
+				var n int64
+				if !d.Int(&n) || n != int64(int(n)) {
+					return false
+				}
+				v.Attempt = int(n)
+				return true
 			}
 			return false
 		})
@@ -236,12 +244,17 @@ func decodeTarget(d *jsonwire.Dec, t *Target) bool {
 // AppendDeliverAck appends a as JSON.
 func AppendDeliverAck(b []byte, a *DeliverAck) []byte {
 	e := jsonwire.Enc{B: b}
-	top := e.Open("")
+	encodeAck(&e, a)
+	return e.B
+}
+
+func encodeAck(e *jsonwire.Enc, a *DeliverAck) {
+	o := e.Open("")
 	e.Str("msg_id", a.MsgID, false)
 	e.Str("u", a.User, false)
 	e.Str("d", a.Device, false)
-	e.Close(top)
-	return e.B
+	e.Str("traceparent", a.Trace, true)
+	e.Close(o)
 }
 
 // DecodeDeliverAck decodes data into a, which must be zero.
@@ -258,11 +271,7 @@ func AppendDeliverAckBatch(buf []byte, b *DeliverAckBatch) []byte {
 	} else {
 		arr := e.OpenArray("acks")
 		for i := range b.Acks {
-			o := e.Open("")
-			e.Str("msg_id", b.Acks[i].MsgID, false)
-			e.Str("u", b.Acks[i].User, false)
-			e.Str("d", b.Acks[i].Device, false)
-			e.Close(o)
+			encodeAck(&e, &b.Acks[i])
 		}
 		e.CloseArray(arr)
 	}
@@ -276,6 +285,7 @@ type ackMessage struct {
 	MsgID  string       `json:"msg_id"`
 	User   string       `json:"u"`
 	Device string       `json:"d"`
+	Trace  string       `json:"traceparent"`
 	Acks   []DeliverAck `json:"acks"`
 }
 
@@ -292,6 +302,8 @@ func DecodeAcks(data []byte, dst []DeliverAck) ([]DeliverAck, error) {
 				return d.Str(&m.User)
 			case "d":
 				return d.Str(&m.Device)
+			case "traceparent":
+				return d.Str(&m.Trace)
 			case "acks":
 				m.Acks = make([]DeliverAck, 0, 8)
 				return d.Array(func() bool {
@@ -310,7 +322,7 @@ func DecodeAcks(data []byte, dst []DeliverAck) ([]DeliverAck, error) {
 		return dst, err
 	}
 	if m.MsgID != "" {
-		dst = append(dst, DeliverAck{MsgID: m.MsgID, User: m.User, Device: m.Device})
+		dst = append(dst, DeliverAck{MsgID: m.MsgID, User: m.User, Device: m.Device, Trace: m.Trace})
 	}
 	return append(dst, m.Acks...), nil
 }
@@ -324,6 +336,8 @@ func decodeAck(d *jsonwire.Dec, a *DeliverAck) bool {
 			return d.Str(&a.User)
 		case "d":
 			return d.Str(&a.Device)
+		case "traceparent":
+			return d.Str(&a.Trace)
 		}
 		return false
 	})

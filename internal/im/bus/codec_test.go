@@ -32,7 +32,7 @@ var busSeeds = []string{
 	`{"msg_id":"Z","conv":"d=alice=bob","seq":42,"from":"alice","from_device":"laptop","group":"","body":"hello","probe":false,"traceparent":"00-…-01","ts":1764000000123}`,
 	`{"node":"logic-1","targets":[{"u":"bob","d":"phone"},{"u":"bob","d":"laptop"}],"msg":{"msg_id":"Z","conv":"g=t","seq":1,"from":"a","from_device":"p","body":"x","ts":1}}`,
 	`{"node":"n","targets":null,"msg":{}}`, `{"node":"n","targets":[],"msg":{"seq":1},"msg":{"ts":2}}`,
-	`{"msg_id":"Z","u":"bob","d":"phone"}`, `{"msg_id":"Z","U":"bob"}`, `{"acks":[{"msg_id":"A","u":"b","d":"p"},{"msg_id":"B","u":"b","d":"p"}]}`,
+	`{"msg_id":"Z","u":"bob","d":"phone"}`, `{"msg_id":"Z","u":"bob","d":"phone","traceparent":"00-…-01"}`, `{"msg_id":"Z","U":"bob"}`, `{"acks":[{"msg_id":"A","u":"b","d":"p"},{"msg_id":"B","u":"b","d":"p"}]}`,
 	`{"acks":null}`, `{"node":"n","targets":[],"msg":{},"ack_batch":true}`, `{"seq":-1}`, `{"seq":1e3}`, `{"body":"a\nb"}`,
 }
 
@@ -65,7 +65,7 @@ func FuzzDecodeBus(f *testing.F) {
 		}
 		var want []bus.DeliverAck
 		if m.MsgID != "" {
-			want = append(want, bus.DeliverAck{MsgID: m.MsgID, User: m.User, Device: m.Device})
+			want = append(want, bus.DeliverAck{MsgID: m.MsgID, User: m.User, Device: m.Device, Trace: m.Trace})
 		}
 		want = append(want, m.Acks...)
 		if !reflect.DeepEqual(got, want) {
@@ -84,7 +84,7 @@ func FuzzAppendBus(f *testing.F) {
 		d := bus.Deliver{Node: s, Msg: sm, AckBatch: flag}
 		batch := bus.DeliverAckBatch{}
 		for i := 0; i < targets%3; i++ {
-			batch.Acks = append(batch.Acks, bus.DeliverAck{MsgID: s, User: conv, Device: body})
+			batch.Acks = append(batch.Acks, bus.DeliverAck{MsgID: s, User: conv, Device: body, Trace: s})
 		}
 		for i := 0; i < targets%4; i++ {
 			d.Targets = append(d.Targets, bus.Target{User: s, Device: body})
@@ -102,7 +102,7 @@ func FuzzAppendBus(f *testing.F) {
 				bus.AppendSendReply(nil, &bus.SendReply{MsgID: s, Conv: conv, Seq: seq, TS: n, Dup: flag, Code: body, Error: s})},
 			{sm, bus.AppendStoredMessage(nil, &sm)},
 			{d, bus.AppendDeliver(nil, &d)},
-			{bus.DeliverAck{MsgID: s, User: conv, Device: body}, bus.AppendDeliverAck(nil, &bus.DeliverAck{MsgID: s, User: conv, Device: body})},
+			{bus.DeliverAck{MsgID: s, User: conv, Device: body, Trace: body}, bus.AppendDeliverAck(nil, &bus.DeliverAck{MsgID: s, User: conv, Device: body, Trace: body})},
 			{batch, bus.AppendDeliverAckBatch(nil, &batch)},
 		}
 		for _, c := range cases {

@@ -17,7 +17,9 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/imwatch/imwatch/internal/im/protocol"
+	"github.com/imwatch/imwatch/pkg/imtrace"
 	"github.com/nats-io/nuid"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Config configures a client.
@@ -33,6 +35,12 @@ type Config struct {
 	// read, before de-duplication and ordering, so that a prober sees
 	// redeliveries and the order of arrival. It must not block.
 	OnDeliver func(Message)
+	// Tracer makes the device's hop spans: im.client.send around each send
+	// (the root of the message's trace, or a child of the traceparent
+	// WithTrace gave), im.client.receive and im.client.ack for each message
+	// received. nil switches tracing off: the frames then carry on the
+	// context they came with (WithTrace's, the deliver's), unchanged.
+	Tracer *imtrace.Tracer
 }
 
 // Message is a message received by this device.
@@ -88,6 +96,7 @@ type Client struct {
 type session struct {
 	ws      *websocket.Conn
 	gateway string
+	user    string        // who the gateway authenticated
 	lost    chan struct{} // closed when the connection is gone
 	hb      time.Duration
 }
@@ -214,6 +223,27 @@ func (c *Client) send(ctx context.Context, f protocol.Frame, opts []SendOption) 
 	}
 	c.order.sending(conv, 1)
 	defer c.order.sending(conv, -1)
+	// One span for the whole send, resends included: from here to the
+	// send-ack, or the error the application gets.
+	sp := c.cfg.Tracer.Start(imtrace.Parse(f.Trace), imtrace.SpanClientSend, trace.SpanKindClient, imtrace.Message{
+		ClientID: f.ID, Conv: conv, User: c.User(), Recipient: f.To, Probe: f.Probe})
+	sp.Inject(imtrace.Field(&f.Trace))
+	r, err := c.sendRetrying(ctx, f)
+	if err != nil {
+		var perr *protocol.Error
+		if errors.As(err, &perr) {
+			sp.SetErrorCode(perr.Code, perr.Message)
+		} else {
+			sp.SetError(err)
+		}
+	}
+	m := sp.Message()
+	m.ID, m.Seq = r.MsgID, r.Seq
+	sp.End()
+	return r, err
+}
+
+func (c *Client) sendRetrying(ctx context.Context, f protocol.Frame) (SendResult, error) {
 	backoff := 50 * time.Millisecond
 	for {
 		r, err := c.roundTrip(ctx, f)

@@ -10,6 +10,8 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/imwatch/imwatch/internal/im/protocol"
+	"github.com/imwatch/imwatch/pkg/imtrace"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // ErrAuth is returned by Dial when a gateway refused the token.
@@ -139,7 +141,7 @@ func (c *Client) connect(ctx context.Context, url string) (*session, error) {
 	if hb <= 0 {
 		hb = 20 * time.Second
 	}
-	return &session{ws: ws, gateway: f.Gateway, lost: make(chan struct{}), hb: hb}, nil
+	return &session{ws: ws, gateway: f.Gateway, user: f.User, lost: make(chan struct{}), hb: hb}, nil
 }
 
 // serve reads frames until the connection ends, sending heartbeats meanwhile.
@@ -179,15 +181,7 @@ func (c *Client) serve(ctx context.Context, s *session) {
 		switch f.Type {
 		case protocol.TypePong:
 		case protocol.TypeDeliver:
-			if !f.Sync {
-				_ = c.write(sctx, s.ws, protocol.Frame{Type: protocol.TypeDeliverAck, MsgID: f.MsgID, Conv: f.Conv, Seq: f.Seq})
-			}
-			m := Message{MsgID: f.MsgID, Conv: f.Conv, Seq: f.Seq, From: f.From, FromDevice: f.FromDevice,
-				Group: f.Group, Body: f.Body, Probe: f.Probe, Trace: f.Trace, TS: f.TS, Sync: f.Sync, Received: read}
-			if c.cfg.OnDeliver != nil {
-				c.cfg.OnDeliver(m)
-			}
-			c.order.add(m)
+			c.received(sctx, s, &f, read)
 		default:
 			if f.ID == "" {
 				if f.Type == protocol.TypeError {
@@ -206,6 +200,31 @@ func (c *Client) serve(ctx context.Context, s *session) {
 			}
 		}
 	}
+}
+
+// received takes a deliver frame: acknowledges a pushed one and hands it to
+// the orderer. Its spans: im.client.receive below the push (or sync) that
+// brought it, and im.client.ack below that, whose context the deliver_ack
+// carries back to the logic node, which closes the trace.
+func (c *Client) received(ctx context.Context, s *session, f *protocol.Frame, read time.Time) {
+	tr := c.cfg.Tracer
+	rx := tr.Start(imtrace.Parse(f.Trace), imtrace.SpanClientReceive, trace.SpanKindConsumer, imtrace.Message{
+		ID: f.MsgID, Conv: f.Conv, Seq: f.Seq, User: f.From, Recipient: s.user, Probe: f.Probe})
+	if !f.Sync {
+		a := protocol.Frame{Type: protocol.TypeDeliverAck, MsgID: f.MsgID, Conv: f.Conv, Seq: f.Seq, Trace: f.Trace}
+		ack := tr.Start(rx.SpanContext(), imtrace.SpanClientAck, trace.SpanKindProducer, imtrace.Message{
+			ID: f.MsgID, Conv: f.Conv, Seq: f.Seq, Recipient: s.user, Probe: f.Probe})
+		ack.Inject(imtrace.Field(&a.Trace))
+		ack.SetError(c.write(ctx, s.ws, a))
+		ack.End()
+	}
+	m := Message{MsgID: f.MsgID, Conv: f.Conv, Seq: f.Seq, From: f.From, FromDevice: f.FromDevice,
+		Group: f.Group, Body: f.Body, Probe: f.Probe, Trace: f.Trace, TS: f.TS, Sync: f.Sync, Received: read}
+	if c.cfg.OnDeliver != nil {
+		c.cfg.OnDeliver(m)
+	}
+	c.order.add(m)
+	rx.End()
 }
 
 // gapLoop syncs conversations whose gap in sequence has lasted GapTimeout.

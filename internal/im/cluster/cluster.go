@@ -5,6 +5,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/logic"
 	"github.com/imwatch/imwatch/internal/service"
+	"github.com/imwatch/imwatch/pkg/imtrace"
 	"github.com/nats-io/nats.go"
 )
 
@@ -33,6 +35,11 @@ type Options struct {
 	LogicMetricsListen string // default 127.0.0.1:0
 	Secret             []byte
 	Log                *slog.Logger
+	// Tracing, when set, traces messages: each part gets a tracer made from
+	// it, with Service imwatch-gateway or imwatch-logic and Instance the
+	// part's id; nil switches tracing off. Tune can take a part's away
+	// (cfg.Tracer = nil) to leave that hop untraced.
+	Tracing *imtrace.Config
 	// Tune, when set, changes each part's config before it starts.
 	TuneGateway func(*gateway.Config)
 	TuneLogic   func(*logic.Config)
@@ -48,6 +55,7 @@ type Cluster struct {
 	LogicMetrics []*service.HTTP
 	group        *service.Group
 	conns        []*nats.Conn
+	tracers      []*imtrace.Tracer
 }
 
 // Start starts NATS (unless external), the logic nodes, then the gateways.
@@ -100,6 +108,10 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 			}
 			c.LogicMetrics = append(c.LogicMetrics, hs)
 		}
+		if cfg.Tracer, err = c.tracer(ctx, o.Tracing, ServiceLogic, name); err != nil {
+			return fail(err)
+		}
+		cfg.Metrics.Tracing(cfg.Tracer)
 		if o.TuneLogic != nil {
 			o.TuneLogic(&cfg)
 		}
@@ -123,6 +135,10 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 		if o.Metrics {
 			cfg.Metrics = immetrics.New("gateway")
 		}
+		if cfg.Tracer, err = c.tracer(ctx, o.Tracing, ServiceGateway, id); err != nil {
+			return fail(err)
+		}
+		cfg.Metrics.Tracing(cfg.Tracer)
 		if o.TuneGateway != nil {
 			o.TuneGateway(&cfg)
 		}
@@ -136,6 +152,54 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 		c.Gateways = append(c.Gateways, g)
 	}
 	return c, nil
+}
+
+// Service names of the parts' spans (resource attribute service.name).
+const (
+	ServiceGateway = "imwatch-gateway"
+	ServiceLogic   = "imwatch-logic"
+	ServiceClient  = "imwatch-client"
+)
+
+// tracer makes a part's tracer from the template tmpl (nil: tracing off),
+// shut down, flushing its spans, after the part has stopped.
+func (c *Cluster) tracer(ctx context.Context, tmpl *imtrace.Config, svc, instance string) (*imtrace.Tracer, error) {
+	if tmpl == nil {
+		return nil, nil
+	}
+	cfg := *tmpl
+	cfg.Service, cfg.Instance = svc, instance
+	tr, err := imtrace.New(cfg)
+	if err != nil || tr == nil {
+		return nil, err
+	}
+	// Stopped after the part, flushing its last spans; bounded, for a
+	// receiver that is gone by then (`imwatch up` stops its center first
+	// and flushes the tracers before, FlushTracing).
+	stop := func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, tracingStopTimeout)
+		defer cancel()
+		return tr.Shutdown(ctx)
+	}
+	if err := c.group.Start(ctx, service.Func{N: instance + " tracing", StopFn: stop}); err != nil {
+		_ = stop(ctx)
+		return nil, err
+	}
+	c.tracers = append(c.tracers, tr)
+	return tr, nil
+}
+
+// tracingStopTimeout bounds how long a part's tracer may take to send its
+// last spans when the cluster stops.
+const tracingStopTimeout = time.Second
+
+// FlushTracing sends the spans the parts' tracers hold now.
+func (c *Cluster) FlushTracing(ctx context.Context) error {
+	var errs []error
+	for _, tr := range c.tracers {
+		errs = append(errs, tr.ForceFlush(ctx))
+	}
+	return errors.Join(errs...)
 }
 
 func (c *Cluster) connect(name string, log *slog.Logger) (*nats.Conn, error) {

@@ -227,12 +227,22 @@ type imCluster struct {
 	listen   map[string]string // gateway id -> host:port, kept across restarts
 	order    []string
 	starts   int
+	// args are the extra flags of a part ("logic-1" or a gateway id);
+	// without them a part does not trace (--tracing=false).
+	args func(part string) []string
 }
 
-// startIM starts nats-server, a logic node and one gateway per id.
+// startIM starts nats-server, a logic node and one gateway per id, none
+// of them tracing.
 func startIM(t *testing.T, gatewayIDs ...string) *imCluster {
 	t.Helper()
-	c := &imCluster{t: t, nats: imtest.StartNATSServer(t), gateways: map[string]*proc{}, listen: map[string]string{}}
+	return startIMWith(t, func(string) []string { return []string{"--tracing=false"} }, gatewayIDs...)
+}
+
+// startIMWith is startIM with args(part) added to each part's flags.
+func startIMWith(t *testing.T, args func(part string) []string, gatewayIDs ...string) *imCluster {
+	t.Helper()
+	c := &imCluster{t: t, nats: imtest.StartNATSServer(t), gateways: map[string]*proc{}, listen: map[string]string{}, args: args}
 	c.startLogic()
 	for _, id := range gatewayIDs {
 		c.listen[id] = "127.0.0.1:" + strconv.Itoa(imtest.FreePort(t))
@@ -246,7 +256,7 @@ func startIM(t *testing.T, gatewayIDs ...string) *imCluster {
 func (c *imCluster) startLogic() {
 	c.t.Helper()
 	c.starts++
-	c.logic = startProc(c.t, fmt.Sprintf("logic-%d", c.starts), "im", "logic", "--nats", c.nats.URL, "--node", "logic-1", "--metrics-listen", "127.0.0.1:0")
+	c.logic = startProc(c.t, fmt.Sprintf("logic-%d", c.starts), append([]string{"im", "logic", "--nats", c.nats.URL, "--node", "logic-1", "--metrics-listen", "127.0.0.1:0"}, c.args("logic-1")...)...)
 	c.logic.waitLine("logic node logic-1 running", 30*time.Second)
 }
 
@@ -255,8 +265,8 @@ func (c *imCluster) startLogic() {
 func (c *imCluster) startGateway(id string) {
 	c.t.Helper()
 	c.starts++
-	p := startProc(c.t, fmt.Sprintf("%s-%d", id, c.starts), "im", "gateway", "--nats", c.nats.URL,
-		"--listen", c.listen[id], "--id", id, "--secret", string(imtest.Secret))
+	p := startProc(c.t, fmt.Sprintf("%s-%d", id, c.starts), append([]string{"im", "gateway", "--nats", c.nats.URL,
+		"--listen", c.listen[id], "--id", id, "--secret", string(imtest.Secret)}, c.args(id)...)...)
 	p.waitLine("gateway "+id+" listening on ws://"+c.listen[id]+"/ws", 30*time.Second)
 	waitHealthy(c.t, "http://"+c.listen[id]+"/-/healthy", 10*time.Second)
 	c.gateways[id] = p

@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imwatch/imwatch/internal/center/centertest"
 	"github.com/imwatch/imwatch/internal/im/imtest"
+	"github.com/imwatch/imwatch/pkg/imtrace"
 )
 
 // TestUpProbesBothGateways: `imwatch up` runs a prober per gateway, as two
@@ -47,6 +49,38 @@ func TestUpProbesBothGateways(t *testing.T) {
 		}
 		if !locs["up-gw-1"] || !locs["up-gw-2"] {
 			return fmt.Errorf("successful probe locations in the center: %v", locs)
+		}
+		return nil
+	})
+	// Every round is a trace, and up's parts trace the probe message's
+	// hops into it: from the probe client's send to the logic node's ACK.
+	hops := []string{imtrace.SpanProbeRound, "im.probe.send", imtrace.SpanClientSend, imtrace.SpanGatewayReceive,
+		imtrace.SpanLogicHandle, imtrace.SpanStoreAppend, imtrace.SpanGatewayPush, imtrace.SpanClientReceive,
+		imtrace.SpanClientAck, imtrace.SpanLogicAck}
+	imtest.Eventually(t, 60*time.Second, func() error {
+		trs, err := centertest.Traces(m[1], "/api/traces?operation=im.probe.round&limit=100")
+		if err != nil {
+			return err
+		}
+		whole := map[string]bool{}
+		for _, tr := range trs {
+			have := map[string]int{}
+			for _, s := range tr.Spans {
+				have[s.Name]++
+				if s.MissingParent {
+					have["missing"]++
+				}
+			}
+			ok := have["missing"] == 0
+			for _, h := range hops {
+				ok = ok && have[h] == 1
+			}
+			if ok && tr.Root.Name == imtrace.SpanProbeRound {
+				whole[tr.Root.Instance] = true
+			}
+		}
+		if !whole["up-gw-1"] || !whole["up-gw-2"] {
+			return fmt.Errorf("locations with a probe round traced through every hop: %v (of %d rounds)", whole, len(trs))
 		}
 		return nil
 	})

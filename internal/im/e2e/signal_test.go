@@ -49,7 +49,7 @@ func TestSignalStopsCleanly(t *testing.T) {
 			switch tc.cmd {
 			case "logic":
 				node := "logic-sig-" + strconv.Itoa(int(tc.sig))
-				p = startProc(t, node, "im", "logic", "--nats", c.nats.URL, "--node", node, "--metrics-listen", "127.0.0.1:0")
+				p = startProc(t, node, "im", "logic", "--nats", c.nats.URL, "--node", node, "--metrics-listen", "127.0.0.1:0", "--tracing=false")
 				p.waitLine("logic node "+node+" running", 30*time.Second)
 				check = func(t *testing.T) { p.waitLog(`msg="logic node stopped"`, time.Second) }
 			case "gateway":
@@ -57,7 +57,7 @@ func TestSignalStopsCleanly(t *testing.T) {
 				// the gateway is going away and moves to the other one.
 				id := "gw-sig-" + strconv.Itoa(int(tc.sig))
 				listen := "127.0.0.1:" + strconv.Itoa(imtest.FreePort(t))
-				p = startProc(t, id, "im", "gateway", "--nats", c.nats.URL, "--listen", listen, "--id", id, "--secret", string(imtest.Secret))
+				p = startProc(t, id, "im", "gateway", "--nats", c.nats.URL, "--listen", listen, "--id", id, "--secret", string(imtest.Secret), "--tracing=false")
 				p.waitLine("listening on ws://"+listen+"/ws", 30*time.Second)
 				d := dial(t, []string{wsURL(listen), wsURL(c.listen["gw-a"])}, "sig"+id, "phone")
 				if gw := d.c.Gateway(); gw != id {
@@ -115,7 +115,7 @@ func TestSignalStopsCleanly(t *testing.T) {
 func TestGatewayStopWithLateAuth(t *testing.T) {
 	n := imtest.StartNATSServer(t)
 	listen := "127.0.0.1:" + strconv.Itoa(imtest.FreePort(t))
-	p := startProc(t, "gw-late", "im", "gateway", "--nats", n.URL, "--listen", listen, "--id", "gw-late", "--secret", string(imtest.Secret))
+	p := startProc(t, "gw-late", "im", "gateway", "--nats", n.URL, "--listen", listen, "--id", "gw-late", "--secret", string(imtest.Secret), "--tracing=false")
 	p.waitLine("listening on ws://"+listen+"/ws", 30*time.Second)
 	ctx := ctxT(t, 30*time.Second)
 	ws, _, err := websocket.Dial(ctx, wsURL(listen), nil)
@@ -272,7 +272,7 @@ func TestUpSmoke(t *testing.T) {
 func TestGatewayStopWithSilentClient(t *testing.T) {
 	n := imtest.StartNATSServer(t)
 	listen := "127.0.0.1:" + strconv.Itoa(imtest.FreePort(t))
-	p := startProc(t, "gw-silent", "im", "gateway", "--nats", n.URL, "--listen", listen, "--id", "gw-silent", "--secret", string(imtest.Secret))
+	p := startProc(t, "gw-silent", "im", "gateway", "--nats", n.URL, "--listen", listen, "--id", "gw-silent", "--secret", string(imtest.Secret), "--tracing=false")
 	p.waitLine("listening on ws://"+listen+"/ws", 30*time.Second)
 	ctx := ctxT(t, 30*time.Second)
 	ws, _, err := websocket.Dial(ctx, wsURL(listen), nil)

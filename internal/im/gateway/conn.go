@@ -17,7 +17,9 @@ import (
 	"github.com/imwatch/imwatch/internal/im/bus"
 	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/protocol"
+	"github.com/imwatch/imwatch/pkg/imtrace"
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 )
 
@@ -420,9 +422,18 @@ func (c *conn) forwardSync(f protocol.Frame) {
 		return
 	}
 	for _, m := range rep.Msgs {
+		// Each message's hand-over by sync is a hop of that message's trace.
+		sp := c.g.tr.Start(imtrace.Parse(m.Trace), imtrace.SpanGatewaySync, trace.SpanKindConsumer, imtrace.Message{
+			ID: m.MsgID, Conv: m.Conv, Seq: m.Seq, User: m.From, Recipient: c.user, Probe: m.Probe})
 		fr := protocol.Frame{Type: protocol.TypeDeliver, MsgID: m.MsgID, Conv: m.Conv, Seq: m.Seq, From: m.From,
 			FromDevice: m.FromDevice, Group: m.Group, Body: m.Body, Probe: m.Probe, Trace: m.Trace, TS: m.TS, Sync: true}
-		if !c.sendWait(fr) {
+		sp.Inject(imtrace.Field(&fr.Trace))
+		ok := c.sendWait(fr)
+		if !ok {
+			sp.SetErrorCode("closed", "the connection closed before the message was queued")
+		}
+		sp.End()
+		if !ok {
 			return
 		}
 	}
@@ -453,7 +464,9 @@ func (c *conn) forwardAck(f protocol.Frame) {
 	if !ok {
 		return // delivered by sync, or acked already: nobody waits for it
 	}
-	a := bus.DeliverAck{MsgID: f.MsgID, User: c.user, Device: c.device}
+	// The ack carries the device's im.client.ack context on to the logic
+	// node, untouched: the gateway has no span of its own for it.
+	a := bus.DeliverAck{MsgID: f.MsgID, User: c.user, Device: c.device, Trace: f.Trace}
 	if to.batch {
 		c.g.acks.add(to.node, a)
 		return
@@ -463,7 +476,7 @@ func (c *conn) forwardAck(f protocol.Frame) {
 
 // deliver queues a pushed message; a client too slow to take it is closed,
 // and gets the message again by sync when it reconnects.
-func (c *conn) deliver(frame []byte, msgID string, to ackTo, kind string, start time.Time) {
+func (c *conn) deliver(frame []byte, msgID string, to ackTo, kind string, start time.Time) bool {
 	c.ackMu.Lock()
 	if c.ackNode == nil {
 		c.ackNode = map[string]ackTo{}
@@ -487,20 +500,22 @@ func (c *conn) deliver(frame []byte, msgID string, to ackTo, kind string, start 
 		c.ackOrder = kept
 	}
 	c.ackMu.Unlock()
-	c.queue(outFrame{data: frame, typ: protocol.TypeDeliver, kind: kind, start: start})
+	return c.queue(outFrame{data: frame, typ: protocol.TypeDeliver, kind: kind, start: start})
 }
 
 // queue queues a frame for the writer; a client too slow to take its frames
-// is closed.
-func (c *conn) queue(of outFrame) {
+// is closed. It reports whether the frame was queued.
+func (c *conn) queue(of outFrame) bool {
 	select {
 	case <-c.closed:
-		return
+		return false
 	default:
 	}
 	if !c.out.push(of, c.g.cfg.OutQueue) {
 		c.closeSlow()
+		return false
 	}
+	return true
 }
 
 func (c *conn) closeSlow() {

@@ -19,9 +19,11 @@ import (
 	"github.com/imwatch/imwatch/internal/im/bus"
 	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/protocol"
+	"github.com/imwatch/imwatch/pkg/imtrace"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Config configures a gateway.
@@ -41,6 +43,10 @@ type Config struct {
 	Log            *slog.Logger
 	// Metrics is the IM metric set, served on /metrics beside /ws; nil switches metrics off.
 	Metrics *immetrics.Set
+	// Tracer makes the gateway's hop spans (im.gateway.receive, .push,
+	// .sync); nil switches tracing off: frames and bus messages then carry
+	// the trace context they came with, unchanged.
+	Tracer *imtrace.Tracer
 }
 
 // DefaultConfig returns a gateway's defaults for id and listen.
@@ -86,6 +92,7 @@ func IDFromListen(listen string) string {
 type Gateway struct {
 	cfg   Config
 	m     *immetrics.Set
+	tr    *imtrace.Tracer
 	log   *slog.Logger
 	nc    *nats.Conn
 	js    jetstream.JetStream
@@ -129,6 +136,7 @@ func New(cfg Config, nc *nats.Conn) (*Gateway, error) {
 	g := &Gateway{
 		cfg:       cfg,
 		m:         cfg.Metrics,
+		tr:        cfg.Tracer,
 		log:       cfg.Log.With("component", "gateway", "gateway", cfg.ID),
 		nc:        nc,
 		js:        js,
@@ -385,18 +393,47 @@ func (g *Gateway) handleDeliver(m *nats.Msg) {
 		g.log.Debug("undecodable deliver", "err", err)
 		return
 	}
+	// The push hangs below the stored message's append (the header, or the
+	// stored message itself from a node that sets no header). A group's
+	// pushes, one per gateway, also link to it, with this gateway's share.
+	parent := imtrace.ParseHeader(m.Header)
+	if !parent.IsValid() {
+		parent = imtrace.Parse(d.Msg.Trace)
+	}
+	var links []trace.Link
+	if d.Msg.Group != "" && g.tr != nil {
+		links = []trace.Link{imtrace.FanoutLink(parent, len(d.Targets))}
+	}
+	sp := g.tr.StartLinked(parent, imtrace.SpanGatewayPush, trace.SpanKindConsumer, imtrace.Message{
+		ID: d.Msg.MsgID, Conv: d.Msg.Conv, Seq: d.Msg.Seq, User: d.Msg.From, Dest: g.cfg.ID,
+		Recipients: len(d.Targets), Attempt: d.Attempt, Probe: d.Msg.Probe}, links)
 	// One rendering of the frame for every device it goes to.
 	f := protocol.Frame{
 		Type: protocol.TypeDeliver, MsgID: d.Msg.MsgID, Conv: d.Msg.Conv, Seq: d.Msg.Seq,
 		From: d.Msg.From, FromDevice: d.Msg.FromDevice, Group: d.Msg.Group, Body: d.Msg.Body,
 		Probe: d.Msg.Probe, Trace: d.Msg.Trace, TS: d.Msg.TS,
 	}
+	sp.Inject(imtrace.Field(&f.Trace))
 	data := protocol.AppendFrame(make([]byte, 0, 192+len(f.Body)+len(f.Trace)), &f)
 	kind := immetrics.Kind(d.Msg.Group)
 	to := ackTo{node: d.Node, batch: d.AckBatch}
+	queued, offline := 0, 0
 	for _, t := range d.Targets {
-		if c := g.lookup(t); c != nil {
-			c.deliver(data, d.Msg.MsgID, to, kind, start)
+		if c := g.lookup(t); c == nil {
+			offline++
+		} else if c.deliver(data, d.Msg.MsgID, to, kind, start) {
+			queued++
 		}
 	}
+	if queued < len(d.Targets) {
+		code := protocol.CodeSlowConsumer
+		if offline > 0 {
+			code = "offline"
+		}
+		sp.SetErrorCode(code, fmt.Sprintf("pushed to %d of %d devices: %d not connected here, %d too slow", queued, len(d.Targets), offline, len(d.Targets)-queued-offline))
+	}
+	sp.End()
 }
+
+// Tracer is the gateway's tracer (nil when it does not trace).
+func (g *Gateway) Tracer() *imtrace.Tracer { return g.tr }

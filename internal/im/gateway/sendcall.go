@@ -9,7 +9,9 @@ import (
 	"github.com/imwatch/imwatch/internal/im/bus"
 	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/protocol"
+	"github.com/imwatch/imwatch/pkg/imtrace"
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // sendCalls are the sends of every connection of a gateway waiting for a
@@ -31,6 +33,7 @@ type sendCall struct {
 	f        protocol.Frame
 	start    time.Time
 	deadline time.Time
+	span     imtrace.Span // im.gateway.receive, ended with the answer
 }
 
 func (g *Gateway) startSendCalls() error {
@@ -48,28 +51,38 @@ func (g *Gateway) startSendCalls() error {
 // forwardSend hands a send frame to a logic node; the send_ack (or error)
 // goes to the client when the answer comes.
 func (c *conn) forwardSend(f protocol.Frame) {
+	call := &sendCall{c: c, f: f}
+	c.g.tr.StartInto(&call.span, imtrace.Parse(f.Trace), imtrace.SpanGatewayReceive, trace.SpanKindServer, imtrace.Message{
+		ClientID: f.ID, User: c.user, Recipient: f.To, Dest: bus.SubjSend, Probe: f.Probe})
 	select {
 	case c.inflight <- struct{}{}:
 	default:
-		c.fail(f, protocol.Errorf(protocol.CodeOverloaded, "over %d requests in flight on this connection", c.g.cfg.MaxInflight))
+		perr := protocol.Errorf(protocol.CodeOverloaded, "over %d requests in flight on this connection", c.g.cfg.MaxInflight)
+		call.span.SetErrorCode(perr.Code, perr.Message)
+		call.span.End()
+		c.fail(f, perr)
 		return
 	}
 	start := time.Now()
 	c.g.m.Request("send")
 	c.g.m.Message(immetrics.Kind(f.Group), immetrics.StageSent, 1)
+	// The logic hangs below this hop; with tracing off the context the
+	// frame brought goes on unchanged.
+	tp := f.Trace
+	call.span.Inject(imtrace.Field(&tp))
 	req := bus.SendRequest{From: c.user, Device: c.device, Gateway: c.g.cfg.ID, ID: f.ID,
-		To: f.To, Group: f.Group, Body: f.Body, Probe: f.Probe, Trace: f.Trace, RecvNS: start.UnixNano()}
+		To: f.To, Group: f.Group, Body: f.Body, Probe: f.Probe, Trace: tp, RecvNS: start.UnixNano()}
 	s := &c.g.sends
-	call := &sendCall{c: c, f: f, start: start, deadline: start.Add(c.g.cfg.RequestTimeout)}
+	call.start, call.deadline = start, start.Add(c.g.cfg.RequestTimeout)
 	s.mu.Lock()
 	s.next++
 	n := s.next
 	s.calls[n] = call
 	s.mu.Unlock()
 	m := &nats.Msg{Subject: bus.SubjSend, Reply: s.prefix + strconv.FormatUint(n, 10),
-		Data: bus.AppendSendRequest(make([]byte, 0, 160+len(f.Body)+len(f.Trace)), &req)}
-	if f.Trace != "" {
-		m.Header = nats.Header{bus.HeaderTrace: []string{f.Trace}}
+		Data: bus.AppendSendRequest(make([]byte, 0, 160+len(f.Body)+len(tp)), &req)}
+	if tp != "" {
+		m.Header = nats.Header{bus.HeaderTrace: []string{tp}}
 	}
 	if err := c.g.nc.PublishMsg(m); err != nil {
 		c.g.log.Debug("send to logic failed", "err", err)
@@ -135,8 +148,13 @@ func (call *sendCall) finish(rep *bus.SendReply, perr *protocol.Error) {
 	}
 	if perr != nil {
 		c.fail(f, perr)
+		call.span.SetErrorCode(perr.Code, perr.Message)
+		call.span.End()
 		return
 	}
 	c.send(protocol.Frame{Type: protocol.TypeSendAck, ID: f.ID, MsgID: rep.MsgID, Conv: rep.Conv, Seq: rep.Seq, TS: rep.TS, Dup: rep.Dup})
 	c.g.m.Stage(immetrics.LatGatewayReceive, call.start)
+	m := call.span.Message()
+	m.ID, m.Conv, m.Seq = rep.MsgID, rep.Conv, rep.Seq
+	call.span.End()
 }

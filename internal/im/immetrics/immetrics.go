@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/imwatch/imwatch/pkg/imtrace"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -44,6 +46,7 @@ var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25
 // Set is the IM metric set of one part.
 type Set struct {
 	Registry *prometheus.Registry
+	reg      prometheus.Registerer // Registry with the service label
 
 	Connections   prometheus.Gauge
 	Frames        *prometheus.CounterVec // direction, type
@@ -141,6 +144,7 @@ func New(service string) *Set {
 			Name: "imwatch_im_pending_pushes", Help: "Messages pushed and awaiting deliver-acks on this logic node.",
 		}),
 	}
+	s.reg = f
 	s.resolve()
 	f.MustRegister(s.Connections, s.Frames, s.Requests, s.Failures, s.Messages, s.Redeliveries, s.AckTimeouts,
 		s.Syncs, s.SyncMessages, s.StageDuration, s.E2EDuration, s.Pending)
@@ -265,5 +269,48 @@ func (s *Set) Handler() http.Handler {
 func (s *Set) SetPending(n int) {
 	if s != nil {
 		s.Pending.Set(float64(n))
+	}
+}
+
+// Tracing adds the tracer's counters (imtrace.Stats) to the set, read at
+// each scrape: imwatch_trace_spans_total{result} and the export's
+// imwatch_trace_export_spans_total{result}. A nil tracer (tracing off) adds
+// nothing.
+func (s *Set) Tracing(tr *imtrace.Tracer) {
+	if s == nil || tr == nil {
+		return
+	}
+	s.reg.MustRegister(tracerCollector{tr})
+}
+
+var (
+	traceSpansDesc = prometheus.NewDesc("imwatch_trace_spans_total",
+		"Hop spans by what became of them at start and end: sampled, unsampled (head decision), promoted (unsampled but kept: an error or a slow span in its trace), tail_dropped (unsampled, pushed out of the full tail buffer while it could still have been promoted).",
+		[]string{"result"}, nil)
+	traceExportDesc = prometheus.NewDesc("imwatch_trace_export_spans_total",
+		"Spans handed to the OTLP exporter by outcome: exported (the receiver accepted them), failed (the export failed after its retries), dropped (refused: the export queue was full).",
+		[]string{"result"}, nil)
+)
+
+type tracerCollector struct{ tr *imtrace.Tracer }
+
+func (c tracerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- traceSpansDesc
+	ch <- traceExportDesc
+}
+
+func (c tracerCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.tr.Stats()
+	for _, v := range []struct {
+		d      *prometheus.Desc
+		result string
+		n      uint64
+	}{
+		{traceSpansDesc, "sampled", st.Sampled}, {traceSpansDesc, "unsampled", st.Unsampled},
+		{traceSpansDesc, "promoted", st.Promoted}, {traceSpansDesc, "tail_dropped", st.TailDropped},
+		{traceExportDesc, "exported", st.Exported}, {traceExportDesc, "failed", st.ExportFailed},
+		{traceExportDesc, "dropped", st.ExportDropped},
+	} {
+		ch <- prometheus.MustNewConstMetric(v.d, prometheus.CounterValue, float64(v.n), v.result)
 	}
 }

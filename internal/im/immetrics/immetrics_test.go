@@ -1,10 +1,15 @@
 package immetrics
 
 import (
+	"context"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/imwatch/imwatch/pkg/imtrace"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 )
 
 func TestNilSetIsOff(t *testing.T) {
@@ -76,5 +81,35 @@ func BenchmarkMessage(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		s.Message(KindDirect, StageDelivered, 1)
 		s.Stage(LatDeliver, time.Now())
+	}
+}
+
+func TestTracingStats(t *testing.T) {
+	s := New("logic")
+	s.Tracing(nil) // tracing off: nothing added
+	rec := tracetest.NewSpanRecorder()
+	tr, err := imtrace.New(imtrace.Config{Service: "imwatch-logic", Processor: rec, Ratio: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Shutdown(context.Background())
+	s.Tracing(tr)
+	for i := 0; i < 3; i++ {
+		sp := tr.Start(trace.SpanContext{}, imtrace.SpanLogicHandle, trace.SpanKindServer, imtrace.Message{})
+		sp.End()
+	}
+	want := `
+# HELP imwatch_trace_spans_total Hop spans by what became of them at start and end: sampled, unsampled (head decision), promoted (unsampled but kept: an error or a slow span in its trace), tail_dropped (unsampled, pushed out of the full tail buffer while it could still have been promoted).
+# TYPE imwatch_trace_spans_total counter
+imwatch_trace_spans_total{result="promoted",service="logic"} 0
+imwatch_trace_spans_total{result="sampled",service="logic"} 3
+imwatch_trace_spans_total{result="tail_dropped",service="logic"} 0
+imwatch_trace_spans_total{result="unsampled",service="logic"} 0
+`
+	if err := testutil.GatherAndCompare(s.Registry, strings.NewReader(want), "imwatch_trace_spans_total"); err != nil {
+		t.Error(err)
+	}
+	if n, err := testutil.GatherAndCount(s.Registry, "imwatch_trace_export_spans_total"); err != nil || n != 3 {
+		t.Errorf("export series %d, %v", n, err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"github.com/imwatch/imwatch/pkg/imtrace"
 	"log/slog"
 	"math"
 	"strconv"
@@ -37,6 +38,7 @@ type Config struct {
 	SkipWarmup      bool          // do not send one unmeasured message per user before measuring
 	RunID           string        // prefix of user ids (default: random); [A-Za-z0-9_-]
 	Log             *slog.Logger
+	Tracer          *imtrace.Tracer // the users' client spans (im.client.*); nil: none
 }
 
 // Limits of a run, so that its bookkeeping stays bounded.
@@ -283,7 +285,7 @@ func (r *run) connect(ctx context.Context) error {
 				token := func() (string, error) { return protocol.NewToken(r.cfg.Secret, user, "lg", ttl) }
 				dctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 				t0 := time.Now()
-				c, err := client.Dial(dctx, client.Config{URLs: urls, Token: token, DialTimeout: 10 * time.Second, Inbox: clientInbox, Log: r.cfg.Log})
+				c, err := client.Dial(dctx, client.Config{URLs: urls, Token: token, DialTimeout: 10 * time.Second, Inbox: clientInbox, Log: r.cfg.Log, Tracer: r.cfg.Tracer})
 				cancel()
 				if err != nil {
 					failed.Add(1)

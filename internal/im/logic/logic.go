@@ -17,6 +17,7 @@ import (
 	"github.com/imwatch/imwatch/internal/im/bus"
 	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/protocol"
+	"github.com/imwatch/imwatch/pkg/imtrace"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -30,6 +31,10 @@ type Config struct {
 	MaxInflight int           // requests handled at once; more are refused as overloaded
 	Log         *slog.Logger
 	Metrics     *immetrics.Set // the IM metric set; nil switches metrics off
+	// Tracer makes the node's hop spans (im.logic.handle, im.store.append,
+	// im.logic.ack); nil switches tracing off: stored messages then carry
+	// the trace context the send came with, unchanged.
+	Tracer *imtrace.Tracer
 }
 
 // DefaultConfig returns the defaults of a logic node named node.
@@ -59,6 +64,7 @@ func (c Config) Validate() error {
 type Logic struct {
 	cfg Config
 	m   *immetrics.Set
+	tr  *imtrace.Tracer
 	log *slog.Logger
 	nc  *nats.Conn
 	js  jetstream.JetStream
@@ -96,6 +102,7 @@ func New(cfg Config, nc *nats.Conn) (*Logic, error) {
 	return &Logic{
 		cfg:   cfg,
 		m:     cfg.Metrics,
+		tr:    cfg.Tracer,
 		log:   cfg.Log.With("component", "logic", "node", cfg.Node),
 		nc:    nc,
 		js:    js,
@@ -233,3 +240,6 @@ func replyJSON(m *nats.Msg, v any) {
 	}
 	_ = m.Respond(data)
 }
+
+// Tracer is the node's tracer (nil when it does not trace).
+func (l *Logic) Tracer() *imtrace.Tracer { return l.tr }

@@ -9,8 +9,10 @@ import (
 	"github.com/imwatch/imwatch/internal/im/bus"
 	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/protocol"
+	"github.com/imwatch/imwatch/pkg/imtrace"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // pusher takes stored messages from the shared durable consumer, pushes each
@@ -135,16 +137,18 @@ func (p *pusher) handleStored(msg jetstream.Msg) {
 	p.l.m.SetPending(len(p.pending))
 	pushed := len(pp.waiting)
 	p.mu.Unlock()
-	p.publish(sm, routes)
+	p.publish(sm, routes, 1)
 	p.l.m.Message(pp.kind, immetrics.StagePushed, pushed)
 	if sm.TS > 0 {
 		p.l.m.Stage(immetrics.LatPush, time.UnixMilli(sm.TS))
 	}
 }
 
-func (p *pusher) publish(sm bus.StoredMessage, routes map[string][]bus.Target) {
+// publish pushes sm to the devices of each gateway in routes; attempt is
+// 1 for the first push, more for redeliveries.
+func (p *pusher) publish(sm bus.StoredMessage, routes map[string][]bus.Target, attempt int) {
 	for gw, targets := range routes {
-		d := bus.Deliver{Node: p.l.cfg.Node, Targets: targets, Msg: sm, AckBatch: true}
+		d := bus.Deliver{Node: p.l.cfg.Node, Targets: targets, Msg: sm, AckBatch: true, Attempt: attempt}
 		data := bus.AppendDeliver(make([]byte, 0, 320+len(sm.Body)+len(sm.Trace)), &d)
 		m := &nats.Msg{Subject: bus.DeliverSubject(gw), Data: data}
 		if sm.Trace != "" {
@@ -167,8 +171,17 @@ func (p *pusher) handleAck(m *nats.Msg) {
 	var done []jetstream.Msg
 	now := time.Now()
 	p.mu.Lock()
-	for _, a := range acks {
+	for i := range acks {
+		a := &acks[i]
 		pp := p.pending[a.MsgID]
+		// The device's ACK closes the message's trace (its parent: the
+		// device's im.client.ack, which the gateway passed on).
+		msg := imtrace.Message{ID: a.MsgID, Recipient: a.User}
+		if pp != nil {
+			msg.Conv, msg.Seq, msg.User, msg.Probe = pp.sm.Conv, pp.sm.Seq, pp.sm.From, pp.sm.Probe
+		}
+		sp := p.l.tr.Start(imtrace.Parse(a.Trace), imtrace.SpanLogicAck, trace.SpanKindConsumer, msg)
+		sp.End()
 		if pp == nil {
 			continue
 		}
@@ -212,8 +225,9 @@ func (p *pusher) redeliverLoop() {
 
 func (p *pusher) redeliverDue(now time.Time) {
 	type again struct {
-		sm     bus.StoredMessage
-		routes map[string][]bus.Target
+		sm      bus.StoredMessage
+		routes  map[string][]bus.Target
+		attempt int
 	}
 	var pushes []again
 	var acks []jetstream.Msg
@@ -249,7 +263,7 @@ func (p *pusher) redeliverDue(now time.Time) {
 			p.l.m.Redelivered(len(ts))
 		}
 		_ = pp.msg.InProgress()
-		pushes = append(pushes, again{pp.sm, routes})
+		pushes = append(pushes, again{pp.sm, routes, pp.attempts})
 		p.queue = append(p.queue, pp)
 	}
 	if i > 0 {
@@ -261,6 +275,6 @@ func (p *pusher) redeliverDue(now time.Time) {
 		_ = m.Ack()
 	}
 	for _, a := range pushes {
-		p.publish(a.sm, a.routes)
+		p.publish(a.sm, a.routes, a.attempt)
 	}
 }

@@ -12,9 +12,11 @@ import (
 	"github.com/imwatch/imwatch/internal/im/bus"
 	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/protocol"
+	"github.com/imwatch/imwatch/pkg/imtrace"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
+	"go.opentelemetry.io/otel/trace"
 )
 
 const (
@@ -65,19 +67,31 @@ func (l *Logic) handleSend(m *nats.Msg) {
 	if req.Trace == "" {
 		req.Trace = m.Header.Get(bus.HeaderTrace)
 	}
+	parent := imtrace.ParseHeader(m.Header)
+	if !parent.IsValid() {
+		parent = imtrace.Parse(req.Trace)
+	}
+	h := l.tr.Start(parent, imtrace.SpanLogicHandle, trace.SpanKindServer, imtrace.Message{
+		ClientID: req.ID, User: req.From, Recipient: req.To, Probe: req.Probe})
 	l.m.Request("send")
-	reply := l.send(req)
+	reply := l.send(req, &h)
 	if reply.Code != "" {
 		l.m.Fail("send", reply.Code)
+		h.SetErrorCode(reply.Code, reply.Error)
 	} else if !reply.Dup {
 		l.m.Message(immetrics.Kind(req.Group), immetrics.StageStored, 1)
 	}
 	if m.Reply != "" {
 		_ = m.Respond(bus.AppendSendReply(make([]byte, 0, 128), &reply))
 	}
+	hm := h.Message()
+	hm.ID, hm.Conv, hm.Seq = reply.MsgID, reply.Conv, reply.Seq
+	h.End()
 }
 
-func (l *Logic) send(req bus.SendRequest) bus.SendReply {
+// send stores the message of req; h is its im.logic.handle span, the parent
+// of the store's span.
+func (l *Logic) send(req bus.SendRequest, h *imtrace.Span) bus.SendReply {
 	if !protocol.ValidUser(req.From) || !protocol.ValidUser(req.Device) || !protocol.ValidID(req.ID) || len(req.Body) > protocol.MaxBodyBytes {
 		return bus.SendReply{Code: protocol.CodeBadRequest, Error: "send request has invalid fields"}
 	}
@@ -96,6 +110,10 @@ func (l *Logic) send(req bus.SendRequest) bus.SendReply {
 	default:
 		return bus.SendReply{Code: protocol.CodeBadRequest, Error: "send needs exactly one valid to or group"}
 	}
+	// The stored message carries the append's context: the pushes, one per
+	// recipient gateway, hang below it.
+	st := l.tr.Start(h.SpanContext(), imtrace.SpanStoreAppend, trace.SpanKindProducer, imtrace.Message{
+		Conv: conv, Dest: bus.StreamMsgs, User: req.From, Recipient: req.To, Probe: req.Probe})
 	sm := bus.StoredMessage{
 		MsgID:      nuid.Next(),
 		Conv:       conv,
@@ -107,9 +125,14 @@ func (l *Logic) send(req bus.SendRequest) bus.SendReply {
 		Trace:      req.Trace,
 		RecvNS:     req.RecvNS,
 	}
+	st.Inject(imtrace.Field(&sm.Trace))
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
 	stored, dup, err := l.store(ctx, sm, req.From+"/"+req.ID)
+	sm2 := st.Message()
+	sm2.ID, sm2.Seq = stored.MsgID, stored.Seq
+	st.SetError(err)
+	st.End()
 	if err != nil {
 		l.log.Warn("store failed", "conv", conv, "err", err)
 		return bus.SendReply{Code: protocol.CodeUnavailable, Error: "message could not be stored; retry"}

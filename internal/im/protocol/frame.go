@@ -45,6 +45,7 @@ const (
 	MaxIDLen            = 64
 	MaxGroupMembers     = 500
 	MaxSyncConvs        = 1000
+	MaxTraceLen         = 128 // a W3C traceparent is 55 bytes; later versions may append fields
 )
 
 // Error codes carried in error frames. They are stable: clients match on them.
@@ -219,6 +220,10 @@ func (f *Frame) validate() *Error {
 	if f.ID != "" && !ValidID(f.ID) {
 		return Errorf(CodeBadRequest, "id: %s", idRule)
 	}
+	// The gateway passes a frame's traceparent on (send, deliver_ack): bounded.
+	if len(f.Trace) > MaxTraceLen {
+		return Errorf(CodeBadRequest, "traceparent of %d bytes is over the limit of %d", len(f.Trace), MaxTraceLen)
+	}
 	switch f.Type {
 	case TypeAuth:
 		if f.Token == "" {
@@ -239,9 +244,6 @@ func (f *Frame) validate() *Error {
 		}
 		if len(f.Body) > MaxBodyBytes {
 			return Errorf(CodeBadRequest, "body of %d bytes is over the limit of %d", len(f.Body), MaxBodyBytes)
-		}
-		if f.Trace != "" && len(f.Trace) > 128 {
-			return Errorf(CodeBadRequest, "traceparent too long")
 		}
 	case TypeDeliverAck:
 		if !ValidID(f.MsgID) {
