@@ -65,6 +65,7 @@ type Center struct {
 	ui       *ui.Handler
 	mux      *http.ServeMux
 	token    atomic.Pointer[string]
+	faults   *faultSide
 
 	ln       net.Listener
 	srv      *http.Server
@@ -182,6 +183,7 @@ func (c *Center) Start(ctx context.Context) (err error) {
 
 	c.scraper = scrape.NewManager(c.store, c.reg, c.base.With("component", "scrape"))
 	c.scraper.ApplyConfig(cfg.Scrape, c.extra)
+	c.startFaults()
 
 	c.ui, err = ui.New(ui.Options{Has: c.hasRoute, Auth: func() bool { return c.token.Load() != nil }})
 	if err != nil {
@@ -223,6 +225,7 @@ func (c *Center) cleanupFailedStart() {
 	if c.writers != nil {
 		c.writers.Stop(context.Background())
 	}
+	c.stopFaults()
 	if c.store != nil {
 		_ = c.store.Close()
 	}
@@ -251,6 +254,7 @@ func (c *Center) Stop(ctx context.Context) error {
 		c.rules.Stop()
 		c.notifier.Stop()
 		c.writers.Stop(ctx)
+		c.stopFaults()
 		if err := c.store.Close(); err != nil {
 			errs = append(errs, err)
 		}
@@ -472,6 +476,7 @@ func (c *Center) routes() http.Handler {
 	mux := http.NewServeMux()
 	auth := c.requireToken
 	c.api.Register(mux, auth)
+	c.faultRoutes(mux, auth)
 	mux.Handle("POST /api/v1/write", auth(c.receiver))
 	mux.Handle("/api/v1/write", auth(c.receiver)) // 405 for other methods
 	mux.Handle("GET /metrics", auth(promhttp.HandlerFor(c.gatherers(), promhttp.HandlerOpts{})))
