@@ -30,6 +30,7 @@ Usage:
   imwatch im token [flags]        print an auth token for a user and device
   imwatch agent [flags]           serve this host's system metrics on /metrics
   imwatch probe --config FILE     probe IM links (imwatch, XMPP, MQTT) with probe accounts
+  imwatch fault add|list|clear    inject faults into the IM through the center, list and clear them
   imwatch version                 print the version
 
 Run 'imwatch COMMAND --help' for a command's flags.
@@ -53,6 +54,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		err = runAgent(args[1:], stdout, stderr)
 	case "probe":
 		err = runProbe(args[1:], stdout, stderr)
+	case "fault":
+		err = runFault(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "imwatch %s\n", versionString())
 		return 0

@@ -170,17 +170,17 @@ func (a *Agent) Start() error {
 	return nil
 }
 
-// Stop ends every fault of the process (restarting what a stop fault held
-// down) and stops listening.
+// Stop stops listening and ends the faults at the hops. A part that a stop
+// fault holds down stays down: the process is stopping.
 func (a *Agent) Stop() {
 	if a.sub != nil {
 		_ = a.sub.Unsubscribe()
 	}
-	a.apply(nil)
 	if a.cancel != nil {
 		a.cancel()
 	}
 	a.wg.Wait()
+	a.apply(nil)
 }
 
 func (a *Agent) onState(m *nats.Msg) {
@@ -244,16 +244,9 @@ func (a *Agent) reconcile(ctx context.Context, m *member) {
 		case want = <-m.want:
 		case <-retry.C:
 		case <-ctx.Done():
-			if m.down { // the process stops: leave the part as it was before the fault
-				want = false
-			} else {
-				return
-			}
+			return
 		}
 		if want == m.down {
-			if ctx.Err() != nil {
-				return
-			}
 			continue
 		}
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -261,17 +254,11 @@ func (a *Agent) reconcile(ctx context.Context, m *member) {
 		cancel()
 		if err != nil {
 			a.log.Error("stop fault: could not change the part", "instance", m.name, "down", want, "err", err)
-			if ctx.Err() != nil {
-				return
-			}
 			retry.Reset(time.Second)
 			continue
 		}
 		m.down = want
 		a.log.Info("stop fault", "instance", m.name, "down", want)
-		if ctx.Err() != nil {
-			return
-		}
 	}
 }
 
