@@ -1,0 +1,286 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/imwatch/imwatch/internal/center/centertest"
+	"github.com/imwatch/imwatch/internal/center/ui/uitest"
+	"github.com/imwatch/imwatch/internal/im/imtest"
+)
+
+// alertSel is an alert the test waits for: its name and the labels it must
+// carry.
+type alertSel struct {
+	name   string
+	labels map[string]string
+}
+
+func (a alertSel) String() string {
+	var kv []string
+	for k, v := range a.labels {
+		kv = append(kv, k+"="+v)
+	}
+	sort.Strings(kv)
+	return a.name + "{" + strings.Join(kv, ",") + "}"
+}
+
+type upAlert struct {
+	Labels map[string]string `json:"labels"`
+	State  string            `json:"state"`
+}
+
+func centerAlerts(base string) ([]upAlert, error) {
+	var r struct {
+		Data struct {
+			Alerts []upAlert `json:"alerts"`
+		} `json:"data"`
+	}
+	err := getJSON(base+"/api/v1/alerts", &r)
+	return r.Data.Alerts, err
+}
+
+// firing reports whether an alert matching a fires, and which probe alerts
+// fire at all (for messages).
+func firing(base string, a alertSel) (bool, []string, error) {
+	alerts, err := centerAlerts(base)
+	if err != nil {
+		return false, nil, err
+	}
+	hit := false
+	var all []string
+	for _, x := range alerts {
+		if x.State != "firing" || !strings.HasPrefix(x.Labels["alertname"], "IMProbe") {
+			continue
+		}
+		all = append(all, fmt.Sprintf("%s{location=%s,reason=%s}", x.Labels["alertname"], x.Labels["location"], x.Labels["reason"]))
+		if x.Labels["alertname"] != a.name {
+			continue
+		}
+		ok := true
+		for k, v := range a.labels {
+			ok = ok && x.Labels[k] == v
+		}
+		hit = hit || ok
+	}
+	return hit, all, nil
+}
+
+func postFault(t *testing.T, base, spec string) string {
+	t.Helper()
+	resp, err := http.Post(base+"/api/faults", "application/json", bytes.NewReader([]byte(spec)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Fault struct {
+			ID string `json:"id"`
+		} `json:"fault"`
+		Error string `json:"error"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("POST /api/faults %s: %s %s", spec, resp.Status, out.Error)
+	}
+	return out.Fault.ID
+}
+
+// faultCase is one fault of a round and the alert it must fire.
+type faultCase struct {
+	spec  string // POST /api/faults body; or, with cli, the arguments of imwatch fault add
+	cli   bool
+	alert alertSel
+}
+
+// TestFaultsAgainstUp: against a running `imwatch up`, for each kind of
+// fault the right alert fires (and the probe alerts of the location the
+// fault does not touch do not), and it resolves after the fault is
+// cleared. A round injects faults at both gateways at once, or one at the
+// logic node, which both locations go through. In the first round the UI's
+// Services page marks the instance at fault, and only it.
+func TestFaultsAgainstUp(t *testing.T) {
+	up := startUp(t, t.TempDir())
+	m := regexp.MustCompile(`center: +(http://\S+)`).FindStringSubmatch(up.stdout())
+	if m == nil {
+		t.Fatalf("no center address in:\n%s", up.stdout())
+	}
+	base := m[1]
+	// Healthy first: both locations have probed, and no probe alert fires.
+	imtest.Eventually(t, 60*time.Second, func() error {
+		s, err := centertest.Query(base, `count(probe_success == 1)`, time.Now())
+		if err != nil {
+			return err
+		}
+		if len(s) == 0 || s[0].Value[1] != "2" {
+			return fmt.Errorf("probes of both locations not in yet: %v", s)
+		}
+		return nil
+	})
+	fastRounds := func(loc, reason string) alertSel {
+		return alertSel{"IMProbeRoundFailed", map[string]string{"location": loc, "reason": reason}}
+	}
+	slow := func(loc string) alertSel { return alertSel{"IMProbeRoundTripHigh", map[string]string{"location": loc}} }
+	rounds := []struct {
+		name   string
+		faults []faultCase
+		quiet  []alertSel // must not fire meanwhile
+		ui     string     // the instance the Services page must mark, alone
+	}{
+		{"drop at gw-1's receive", []faultCase{
+			{spec: "drop --hop gateway.receive --instance gw-1 --duration 2m", cli: true, alert: fastRounds("up-gw-1", "ack_timeout")},
+		}, []alertSel{{"IMProbeRoundFailed", map[string]string{"location": "up-gw-2"}}}, "gw-1"},
+		{"stop gw-1, blackhole gw-2", []faultCase{
+			{spec: `{"kind":"stop","instance":"gw-1","duration":"2m"}`, alert: fastRounds("up-gw-1", "connect")},
+			{spec: `{"kind":"blackhole","instance":"gw-2","duration":"2m"}`, alert: fastRounds("up-gw-2", "delivery_timeout")},
+		}, nil, ""},
+		{"latency at gw-1's push, drop at gw-2's push", []faultCase{
+			{spec: `{"kind":"latency","hop":"gateway.push","instance":"gw-1","delay":"1500ms","duration":"2m"}`, alert: slow("up-gw-1")},
+			{spec: `{"kind":"drop","hop":"gateway.push","instance":"gw-2","duration":"2m"}`, alert: fastRounds("up-gw-2", "delivery_timeout")},
+		}, []alertSel{{"IMProbeRoundFailed", map[string]string{"location": "up-gw-1"}}}, ""},
+		{"drop at logic-1's store append", []faultCase{
+			{spec: `{"kind":"drop","hop":"store.append","instance":"logic-1","duration":"2m"}`, alert: fastRounds("up-gw-2", "send")},
+		}, nil, ""},
+		{"latency at logic-1's handle", []faultCase{
+			{spec: `{"kind":"latency","hop":"logic.handle","instance":"logic-1","delay":"1500ms","duration":"2m"}`, alert: slow("up-gw-1")},
+		}, nil, ""},
+		{"stop logic-1", []faultCase{
+			{spec: `{"kind":"stop","instance":"logic-1","duration":"2m"}`, alert: fastRounds("up-gw-1", "ack_timeout")},
+		}, nil, ""},
+	}
+	var b *uitest.Browser
+	for _, r := range rounds {
+		t.Run(r.name, func(t *testing.T) {
+			var ids []string
+			t.Cleanup(func() { // a failed round leaves no fault behind for the next
+				for _, id := range ids {
+					if req, err := http.NewRequest(http.MethodDelete, base+"/api/faults/"+id, nil); err == nil {
+						if resp, err := http.DefaultClient.Do(req); err == nil {
+							resp.Body.Close()
+						}
+					}
+				}
+			})
+			for _, f := range r.faults {
+				if f.cli {
+					p := startProc(t, "fault-add", append(append([]string{"fault"}, "add"), append(strings.Fields(f.spec), "--center", base)...)...)
+					if code := p.wait(30 * time.Second); code != 0 {
+						t.Fatalf("imwatch fault add %s: exit %d: %s", f.spec, code, p.logTail(5))
+					}
+					id := regexp.MustCompile(`^fault (\S+):`).FindStringSubmatch(p.stdout())
+					if id == nil {
+						t.Fatalf("imwatch fault add said %q", p.stdout())
+					}
+					ids = append(ids, id[1])
+				} else {
+					ids = append(ids, postFault(t, base, f.spec))
+				}
+			}
+			for _, f := range r.faults {
+				imtest.Eventually(t, 45*time.Second, func() error {
+					ok, all, err := firing(base, f.alert)
+					if err != nil {
+						return err
+					}
+					if !ok {
+						return fmt.Errorf("%s not firing; probe alerts firing: %v", f.alert, all)
+					}
+					return nil
+				})
+			}
+			for _, q := range r.quiet {
+				if ok, all, _ := firing(base, q); ok {
+					t.Errorf("%s fires, though the fault is elsewhere (firing: %v)", q, all)
+				}
+			}
+			if r.ui != "" {
+				b = uitest.Start(t)
+				checkMarked(t, b, base, r.ui)
+			}
+			// Clear: one by the CLI, the rest by the API.
+			for i, id := range ids {
+				if i == 0 {
+					p := startProc(t, "fault-clear", "fault", "clear", id, "--center", base)
+					if code := p.wait(30 * time.Second); code != 0 || !strings.Contains(p.stdout(), "cleared") {
+						t.Fatalf("imwatch fault clear %s: exit %d, %q: %s", id, code, p.stdout(), p.logTail(5))
+					}
+					continue
+				}
+				req, _ := http.NewRequest(http.MethodDelete, base+"/api/faults/"+id, nil)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil || resp.StatusCode != http.StatusOK {
+					t.Fatalf("DELETE %s: %v %v", id, err, resp)
+				}
+				resp.Body.Close()
+			}
+			for _, f := range r.faults {
+				imtest.Eventually(t, 60*time.Second, func() error {
+					ok, all, err := firing(base, f.alert)
+					if err != nil {
+						return err
+					}
+					if ok {
+						return fmt.Errorf("%s still firing after clear (%v)", f.alert, all)
+					}
+					return nil
+				})
+			}
+		})
+	}
+	// Every probe alert has resolved: the cluster is whole again.
+	imtest.Eventually(t, 60*time.Second, func() error {
+		_, all, err := firing(base, alertSel{name: "-"})
+		if err != nil {
+			return err
+		}
+		if len(all) > 0 {
+			return fmt.Errorf("still firing: %v", all)
+		}
+		return nil
+	})
+}
+
+// checkMarked opens the Services page and wants inst, and no other
+// instance, marked at fault; it also keeps a screenshot of the overview
+// with the fault in force (IMWATCH_OVERVIEW_PNG names a file to copy it to:
+// docs/overview.png is made so).
+func checkMarked(t *testing.T, b *uitest.Browser, base, inst string) {
+	t.Helper()
+	b.Open(base+"/#/services?range=5m&service=gateway", "services", 60*time.Second)
+	var marked []string
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		marked = uitest.Eval[[]string](b, `[...document.querySelectorAll('table.inst tr.atfault')].map(tr => tr.firstChild.firstChild.textContent)`)
+		if len(marked) > 0 {
+			break
+		}
+		b.Go("#/services?range=5m&service=gateway", "services", 60*time.Second)
+	}
+	if len(marked) != 1 || marked[0] != inst {
+		t.Errorf("Services marks %q at fault, want only %s", marked, inst)
+	}
+	dir := uitest.ArtifactsDir(t)
+	b.Screenshot(dir, "services-at-fault")
+	b.Open(base+"/#/overview?range=15m", "overview", 60*time.Second)
+	png := b.Screenshot(dir, "overview-with-fault")
+	if dst := os.Getenv("IMWATCH_OVERVIEW_PNG"); dst != "" {
+		data, err := os.ReadFile(png)
+		if err == nil {
+			err = os.WriteFile(dst, data, 0o644)
+		}
+		if err != nil {
+			t.Errorf("copy the overview screenshot: %v", err)
+		}
+	}
+	if errs := b.Errors(); len(errs) > 0 {
+		t.Errorf("page errors:\n%s", strings.Join(errs, "\n"))
+	}
+}
