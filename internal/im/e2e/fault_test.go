@@ -3,12 +3,15 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -282,5 +285,55 @@ func checkMarked(t *testing.T, b *uitest.Browser, base, inst string) {
 	}
 	if errs := b.Errors(); len(errs) > 0 {
 		t.Errorf("page errors:\n%s", strings.Join(errs, "\n"))
+	}
+}
+
+// TestFaultsAcrossProcesses: the gateway, the logic node and the center
+// each in a process of its own, on a real nats-server: the center takes a
+// stop fault for the gateway and the gateway's process stops its gateway
+// and starts it again at clear, on the same address.
+func TestFaultsAcrossProcesses(t *testing.T) {
+	nats := imtest.StartNATSServer(t)
+	logic := startProc(t, "logic", "im", "logic", "--nats", nats.URL, "--node", "logic-1", "--metrics-listen", "127.0.0.1:0", "--faults")
+	logic.waitLine("logic node logic-1 running", 30*time.Second)
+	gwAddr := "127.0.0.1:" + strconv.Itoa(imtest.FreePort(t))
+	gw := startProc(t, "gw-a", "im", "gateway", "--nats", nats.URL, "--listen", gwAddr, "--id", "gw-a", "--secret", string(imtest.Secret), "--faults")
+	gw.waitLine("gateway gw-a listening", 30*time.Second)
+	center := startProc(t, "center", "center", "--listen", "127.0.0.1:0", "--faults-nats", nats.URL)
+	line := center.waitLine("center listening on", 30*time.Second)
+	base := regexp.MustCompile(`(http://\S+)`).FindString(line)
+	cli := func(args ...string) string {
+		t.Helper()
+		p := startProc(t, "fault-"+args[0], append(append([]string{"fault"}, args...), "--center", base)...)
+		if code := p.wait(30 * time.Second); code != 0 {
+			t.Fatalf("imwatch fault %v: exit %d: %s", args, code, p.logTail(5))
+		}
+		return p.stdout()
+	}
+	imtest.Eventually(t, 15*time.Second, func() error {
+		if out := cli("list"); !strings.Contains(out, "gw-a (gateway), logic-1 (logic)") {
+			return fmt.Errorf("instances not reported: %s", out)
+		}
+		return nil
+	})
+	id := regexp.MustCompile(`^fault (\S+):`).FindStringSubmatch(cli("add", "stop", "--instance", "gw-a", "--duration", "1m"))
+	if id == nil {
+		t.Fatal("no fault id")
+	}
+	hc := &http.Client{Timeout: time.Second}
+	imtest.Eventually(t, 15*time.Second, func() error {
+		if resp, err := hc.Get("http://" + gwAddr + "/-/healthy"); err == nil {
+			resp.Body.Close()
+			return errors.New("gw-a still serves")
+		}
+		return nil
+	})
+	if out := cli("clear", id[1]); !strings.Contains(out, "cleared") {
+		t.Fatalf("clear said %q", out)
+	}
+	waitHealthy(t, "http://"+gwAddr+"/-/healthy", 20*time.Second)
+	gw.signal(syscall.SIGTERM)
+	if code := gw.wait(30 * time.Second); code != 0 {
+		t.Errorf("gateway exited %d after a restart by fault and SIGTERM", code)
 	}
 }
