@@ -227,7 +227,7 @@ func addFault(center, spec string) (string, error) {
 	defer resp.Body.Close()
 	var out struct {
 		Fault struct{ ID string } `json:"fault"`
-		Error string             `json:"error"`
+		Error string              `json:"error"`
 	}
 	_ = json.NewDecoder(resp.Body).Decode(&out)
 	if resp.StatusCode != http.StatusCreated {
