@@ -206,8 +206,8 @@ func faultService(gateway bool) string {
 func startFaultAgent(g *service.Group, nc *nats.Conn, name, svc string, part fault.Part, m *immetrics.Set, log *slog.Logger) error {
 	agent := fault.NewAgent(nc, log)
 	var reg prometheus.Registerer
-	if m != nil {
-		reg = m.Registry
+	if m != nil { // with the service label the rest of the set carries
+		reg = prometheus.WrapRegistererWith(prometheus.Labels{"service": svc}, m.Registry)
 	}
 	_ = agent.Register(name, svc, part, reg) // the hops take the injector once they call the fault package
 	if err := agent.Start(); err != nil {

@@ -208,8 +208,8 @@ func (c *Cluster) registerFaults(name, svc string, part fault.Part, m *immetrics
 		return nil
 	}
 	var reg prometheus.Registerer
-	if m != nil {
-		reg = m.Registry
+	if m != nil { // with the service label the rest of the set carries
+		reg = prometheus.WrapRegistererWith(prometheus.Labels{"service": svc}, m.Registry)
 	}
 	// The hops take the injector once they call the fault package.
 	return c.FaultAgent.Register(name, svc, part, reg)
