@@ -82,7 +82,9 @@ func (c *Center) recordFaults(fs *faultSide) {
 		app := c.store.AppenderV2(context.Background())
 		seen := map[string]bool{}
 		for _, f := range fs.reg.List(false) {
-			ls := labels.FromStrings(labels.MetricName, "imwatch_fault_active", "kind", string(f.Kind), "hop", f.Hop.String(), "instance", f.Instance)
+			b := labels.NewBuilder(labels.FromStrings(labels.MetricName, "imwatch_fault_active", "kind", string(f.Kind), "instance", f.Instance))
+			b.Set("hop", f.Hop.String()) // "" (stop, blackhole): no hop label
+			ls := b.Labels()
 			key := ls.String()
 			seen[key] = true
 			last[key] = ls
