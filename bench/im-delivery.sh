@@ -30,6 +30,9 @@
 #                  a core is noisy: it is run again, up to NOISY_RETRIES times
 #                  (defaults 25 and 2); the last try is kept, marked noisy
 #   OUT            result directory                          (default bench/results/im-delivery-UTCSTAMP)
+#   BIN            directory of another build's imwatch and imwatch-pprof to
+#                  measure, e.g. bench/im-compare.sh's bin/rev-REV (default:
+#                  this tree, built into bin/)
 #
 # Output: OUT/runs.jsonl (every run's report plus the CPU seconds the server
 # and the load generator used), OUT/summary.txt (the tables), OUT/cpu-*.pprof
@@ -63,73 +66,19 @@ fi
 
 mkdir -p "$OUT" bin
 REV=$(git describe --always --dirty 2>/dev/null || cat REVISION 2>/dev/null || echo unknown)
-$GO build -o bin/imwatch ./cmd/imwatch
-$GO build -o bin/imwatch-pprof ./bench/imwatch-pprof
+# BIN: a directory with another build's imwatch and imwatch-pprof (such as
+# bench/im-compare.sh's bin/rev-REV) to measure that instead of this tree.
+BIN=${BIN:-bin}
+if [ "$BIN" = bin ]; then
+	$GO build -o bin/imwatch ./cmd/imwatch
+	$GO build -o bin/imwatch-pprof ./bench/imwatch-pprof
+else
+	REV="$REV, measuring $BIN"
+fi
 CLK_TCK=$(getconf CLK_TCK)
 
-log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/log.txt" >&2; }
-
-# free_port [N]: a loopback port P below the ephemeral range with P..P+N-1 free.
-free_port() {
-	local n=${1:-1} p i ok
-	for _ in $(seq 200); do
-		p=$((20000 + RANDOM % 12000))
-		ok=1
-		for ((i = 0; i < n; i++)); do
-			if (exec 3<>"/dev/tcp/127.0.0.1/$((p + i))") 2>/dev/null; then ok=0; break; fi
-		done
-		[ $ok = 1 ] && { echo "$p"; return; }
-	done
-	echo "im-delivery.sh: no free port" >&2
-	exit 1
-}
-
-SERVER_PID=""
-DATA=""
-cleanup() {
-	stop_server
-	[ -n "${IDLE_PID:-}" ] && kill "$IDLE_PID" 2>/dev/null || true
-}
-trap cleanup EXIT
-
-# start_server: a fresh `imwatch up` (with the pprof endpoint) on free ports.
-start_server() {
-	DATA=$(mktemp -d "${TMPDIR:-/tmp}/imwatch-bench.XXXXXX")
-	local gw nats center
-	gw=$(free_port 2)
-	nats=$(free_port)
-	center=$(free_port)
-	PPROF=127.0.0.1:$(free_port)
-	GATEWAYS="ws://127.0.0.1:$gw/ws,ws://127.0.0.1:$((gw + 1))/ws"
-	local extra=()
-	# Newer `imwatch up` also runs an agent on a fixed port: give it a free one.
-	bin/imwatch up --help 2>&1 | grep -q -- -agent-listen && extra+=(--agent-listen "127.0.0.1:$(free_port)")
-	IMWATCH_PPROF_LISTEN=$PPROF bin/imwatch-pprof up --data "$DATA" --gateway-listen "127.0.0.1:$gw" \
-		--nats-listen "127.0.0.1:$nats" --listen "127.0.0.1:$center" --log-level warn "${extra[@]}" \
-		>"$DATA/up.out" 2>"$DATA/up.err" &
-	SERVER_PID=$!
-	for _ in $(seq 300); do
-		grep -q "imwatch is up" "$DATA/up.out" 2>/dev/null && return
-		kill -0 "$SERVER_PID" 2>/dev/null || break
-		sleep 0.1
-	done
-	echo "im-delivery.sh: imwatch up did not start:" >&2
-	cat "$DATA/up.err" >&2
-	exit 1
-}
-
-stop_server() {
-	if [ -n "$SERVER_PID" ]; then
-		kill -TERM "$SERVER_PID" 2>/dev/null || true
-		wait "$SERVER_PID" 2>/dev/null || true
-		SERVER_PID=""
-	fi
-	[ -n "$DATA" ] && rm -rf "$DATA"
-	DATA=""
-}
-
-# cpu_ticks PID: user+system CPU time of a process, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# shellcheck source=bench/im-lib.sh
+. bench/im-lib.sh
 goroutines() {
 	curl -s -o "$OUT/goroutines.txt" "http://$PPROF/debug/pprof/goroutine?debug=1"
 	awk 'NR == 1 {print $NF}' "$OUT/goroutines.txt"
@@ -137,44 +86,11 @@ goroutines() {
 }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
-# busy_ticks: CPU time the whole machine spent busy, in clock ticks.
-busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
-
-# wait_quiet: other work on the machine (tests, builds) skews the figures, so
-# wait up to QUIET_WAIT seconds for it to use less than a fifth of a core.
-wait_quiet() {
-	local b0 b1 waited=0
-	while [ $waited -lt "$QUIET_WAIT" ]; do
-		b0=$(busy_ticks)
-		sleep 2
-		b1=$(busy_ticks)
-		[ $((b1 - b0)) -le $((2 * CLK_TCK / 5)) ] && return
-		waited=$((waited + 2))
-	done
-	log "the machine is still busy after ${QUIET_WAIT}s (other processes); running anyway"
+cleanup() {
+	stop_server
+	[ -n "${IDLE_PID:-}" ] && kill "$IDLE_PID" 2>/dev/null || true
 }
-
-# sample_cpu PID FILE [PROFILE]: the CPU time the server, the load generator
-# (PID) and every other process use during the sending phase, which starts
-# when the load generator logs "warm-up done"; with PROFILE, a CPU profile of
-# the server over that phase. Writes "server loadgen other window" seconds.
-sample_cpu() {
-	local pid=$1 f=$2 profile=${3:-} s0 l0 b0 t0 s1 l1 b1 t1
-	for _ in $(seq 3000); do
-		grep -q "warm-up done" "$f.err" 2>/dev/null && break
-		kill -0 "$pid" 2>/dev/null || return 0
-		sleep 0.2
-	done
-	s0=$(cpu_ticks "$SERVER_PID") l0=$(cpu_ticks "$pid") b0=$(busy_ticks) t0=$(date +%s%N)
-	if [ -n "$profile" ]; then
-		curl -s -o "$OUT/cpu-$profile.pprof" "http://$PPROF/debug/pprof/profile?seconds=$((DURATION - 2))"
-	else
-		sleep $((DURATION - 2))
-	fi
-	s1=$(cpu_ticks "$SERVER_PID") l1=$(cpu_ticks "$pid") b1=$(busy_ticks) t1=$(date +%s%N)
-	awk -v s=$((s1 - s0)) -v l=$((l1 - l0)) -v b=$((b1 - b0)) -v t="$CLK_TCK" -v w=$((t1 - t0)) \
-		'BEGIN {printf "%.2f %.2f %.2f %.2f\n", s / t, l / t, (b - s - l) / t, w / 1e9}' >"$f.cpu"
-}
+trap cleanup EXIT
 
 # bench USERS RATE TAG [PROFILE] [ARGS...]: one run against a fresh server,
 # again when other processes disturbed it; appends to runs.jsonl.
@@ -197,16 +113,16 @@ bench_once() {
 	wait_quiet
 	start_server
 	f="$OUT/run-$tag"
-	bin/imwatch im bench --data "$DATA" --gateway "$GATEWAYS" --users "$users" --rate "$rate" \
+	"$BIN/imwatch" im bench --data "$DATA" --gateway "$GATEWAYS" --users "$users" --rate "$rate" \
 		--duration "${DURATION}s" --json --log-level info "${@:5}" >"$f.json" 2>"$f.err" &
 	pid=$!
-	sample_cpu "$pid" "$f" "$profile" &
+	sample_cpu "$pid" "$f" $((DURATION - 2)) "$profile" &
 	sampler=$!
 	wait "$pid" || true
 	wait "$sampler" || true
 	if [ -n "$profile" ] && [ -s "$OUT/cpu-$profile.pprof" ]; then
-		$GO tool pprof -top -nodecount=40 bin/imwatch-pprof "$OUT/cpu-$profile.pprof" >"$OUT/cpu-$profile.top.txt" 2>/dev/null || true
-		./bench/pprof-split.sh bin/imwatch-pprof "$OUT/cpu-$profile.pprof" >"$OUT/cpu-$profile.split.txt" 2>/dev/null || true
+		$GO tool pprof -top -nodecount=40 "$BIN/imwatch-pprof" "$OUT/cpu-$profile.pprof" >"$OUT/cpu-$profile.top.txt" 2>/dev/null || true
+		./bench/pprof-split.sh "$BIN/imwatch-pprof" "$OUT/cpu-$profile.pprof" >"$OUT/cpu-$profile.split.txt" 2>/dev/null || true
 	fi
 	stop_server
 	rm -f "$f.last"
@@ -228,7 +144,7 @@ PASS_FILTER='.lost == 0 and .duplicates == 0 and .errors == 0 and .rate_achieved
 # summarize USERS RATE: medians of the runs at that rate and whether most passed.
 summarize() {
 	jq -s -r --argjson u "$1" --argjson r "$2" --arg lim "$P99_LIMIT_MS" '
-		def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+		'"$JQ_MEDIAN"'
 		[.[] | select(.users == $u and .target_rate == $r and (.tag | startswith("ladder")))] as $runs
 		| if ($runs | length) == 0 then empty else
 		  ([$runs[] | select('"$PASS_FILTER"')] | length) as $ok
@@ -285,7 +201,7 @@ idle_memory() {
 	rss0=$(rss_kb "$SERVER_PID")
 	read -r heap0 sys0 < <(curl -s "http://$PPROF/debug/vars" | jq -r '"\(.memstats.HeapInuse) \(.memstats.Sys)"')
 	gor0=$(goroutines)
-	bin/imwatch im bench --data "$DATA" --gateway "$GATEWAYS" --users "$n" --rate 0 --duration 3600s \
+	"$BIN/imwatch" im bench --data "$DATA" --gateway "$GATEWAYS" --users "$n" --rate 0 --duration 3600s \
 		--json --log-level info >"$OUT/idle-$tag.json" 2>"$OUT/idle-$tag.err" &
 	IDLE_PID=$!
 	while ! grep -q "all users connected" "$OUT/idle-$tag.err"; do
@@ -302,7 +218,7 @@ idle_memory() {
 	read -r heap1 sys1 < <(curl -s "http://$PPROF/debug/vars" | jq -r '"\(.memstats.HeapInuse) \(.memstats.Sys)"')
 	gor1=$(goroutines)
 	curl -s -o "$OUT/heap-idle-$tag.pprof" "http://$PPROF/debug/pprof/heap"
-	$GO tool pprof -sample_index=inuse_space -top -nodecount=25 bin/imwatch-pprof "$OUT/heap-idle-$tag.pprof" >"$OUT/heap-idle-$tag.top.txt" 2>/dev/null || true
+	$GO tool pprof -sample_index=inuse_space -top -nodecount=25 "$BIN/imwatch-pprof" "$OUT/heap-idle-$tag.pprof" >"$OUT/heap-idle-$tag.top.txt" 2>/dev/null || true
 	lgrss=$(rss_kb "$IDLE_PID")
 	kill -TERM "$IDLE_PID"
 	wait "$IDLE_PID" || true
@@ -343,7 +259,7 @@ done
 		printf 'users\truns\tnoisy\tsent/s\tdelivered/s\te2e_p50_ms\te2e_p99_ms\tlost\terrors\tserver_cpu%%\tloadgen_cpu%%\tother_cpu%%_max\n'
 		for users in $USERS_LIST; do
 			jq -s -r --argjson u "$users" '
-				def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+				'"$JQ_MEDIAN"'
 				def pct(f): [.[] | (f // 0) / (.cpu_window_seconds // 1) * 100 | round];
 				[.[] | select(.users == $u and (.tag | startswith("saturate")))] | select(length > 0)
 				| [$u, length, ([.[] | select(.noisy)] | length), ([.[].sent_per_second] | median), ([.[].delivered_per_second] | median),
@@ -357,7 +273,7 @@ done
 		printf 'users\truns\tRSS_bytes/conn\theap_inuse_bytes/conn\truntime_sys_bytes/conn\tgoroutines/conn\tidle_server_cpu%%\tloadgen_RSS_bytes/user\tconnect_s\n'
 		for n in $IDLE_USERS; do
 			jq -s -r --argjson u "$n" '
-				def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+				'"$JQ_MEDIAN"'
 				[.[] | select(.users == $u)] | select(length > 0)
 				| [$u, length, ([.[] | (.rss_kb_after - .rss_kb_before) * 1024 / $u | round] | median),
 				   ([.[] | (.heap_inuse_after - .heap_inuse_before) / $u | round] | median),

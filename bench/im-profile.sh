@@ -28,20 +28,9 @@ mkdir -p "$OUT" bin
 $GO build -o bin/imwatch ./cmd/imwatch
 $GO build -o bin/imwatch-pprof ./bench/imwatch-pprof
 
-free_port() {
-	local n=${1:-1} p i ok
-	for _ in $(seq 200); do
-		p=$((20000 + RANDOM % 12000))
-		ok=1
-		for ((i = 0; i < n; i++)); do
-			if (exec 3<>"/dev/tcp/127.0.0.1/$((p + i))") 2>/dev/null; then ok=0; break; fi
-		done
-		[ $ok = 1 ] && { echo "$p"; return; }
-	done
-	exit 1
-}
+# shellcheck source=bench/im-lib.sh
+. bench/im-lib.sh
 CLK_TCK=$(getconf CLK_TCK)
-busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 # Other work on the machine skews a profile: wait up to QUIET_WAIT seconds
 # (default 300) for it to use less than a fifth of a core.
 waited=0

@@ -1,7 +1,8 @@
 // Package center is the monitoring center: it stores metrics in Prometheus's
 // tsdb, scrapes static targets, receives remote write, evaluates Prometheus
 // rule files, sends alerts to Alertmanagers and webhooks, writes onward to
-// other Prometheus-compatible stores, and serves Prometheus's HTTP API.
+// other Prometheus-compatible stores, and serves Prometheus's HTTP API. It
+// also receives OTLP traces, stores them and serves the trace query API.
 package center
 
 import (
@@ -66,6 +67,7 @@ type Center struct {
 	mux      *http.ServeMux
 	token    atomic.Pointer[string]
 	faults   *faultSide
+	traces   *traceSide
 
 	ln       net.Listener
 	srv      *http.Server
@@ -150,6 +152,10 @@ func (c *Center) Start(ctx context.Context) (err error) {
 	c.receiver = remotewrite.NewReceiver(c.store, durable, cfg.Receiver, c.reg, c.base.With("component", "remote-write"))
 	c.setToken(cfg.Auth.BearerToken)
 
+	if err := c.startTraces(cfg); err != nil {
+		return err
+	}
+
 	c.api = &api.API{Queryable: c.store, Parser: c.parser, Log: c.base.With("component", "api")}
 	c.api.SetEngine(c.newEngine(cfg))
 
@@ -208,7 +214,7 @@ func (c *Center) Start(ctx context.Context) (err error) {
 	c.ready.Store(true)
 	c.log.Info("center ready", "listen", c.Addr(), "storage", cfg.Storage.Path, "targets", len(cfg.Scrape.Targets)+len(c.extra),
 		"rule_files", len(files), "alertmanagers", len(cfg.Alerting.Alertmanagers), "webhooks", len(cfg.Alerting.Webhooks),
-		"remote_write", len(cfg.RemoteWrite), "auth", cfg.Auth.BearerToken != "")
+		"remote_write", len(cfg.RemoteWrite), "auth", cfg.Auth.BearerToken != "", "traces", cfg.TracesPath(), "otlp_grpc", c.OTLPGRPCAddr())
 	return nil
 }
 
@@ -226,6 +232,7 @@ func (c *Center) cleanupFailedStart() {
 		c.writers.Stop(context.Background())
 	}
 	c.stopFaults()
+	_ = c.stopTraces()
 	if c.store != nil {
 		_ = c.store.Close()
 	}
@@ -255,6 +262,9 @@ func (c *Center) Stop(ctx context.Context) error {
 		c.notifier.Stop()
 		c.writers.Stop(ctx)
 		c.stopFaults()
+		if err := c.stopTraces(); err != nil {
+			errs = append(errs, err)
+		}
 		if err := c.store.Close(); err != nil {
 			errs = append(errs, err)
 		}
@@ -367,6 +377,7 @@ func (c *Center) ApplyConfig(cfg config.Config) (err error) {
 	if cfg.Storage.WALFsync != old.Storage.WALFsync {
 		immutable = append(immutable, "storage.wal_fsync")
 	}
+	immutable = append(immutable, traceImmutable(&cfg, old)...)
 	if len(immutable) > 0 {
 		return fmt.Errorf("reload refused, the running config is kept: %s %w", strings.Join(immutable, ", "), ErrImmutable)
 	}
@@ -393,6 +404,7 @@ func (c *Center) ApplyConfig(cfg config.Config) (err error) {
 		c.api.SetEngine(c.newEngine(&cfg))
 	}
 	c.receiver.SetLimits(cfg.Receiver)
+	c.applyTraces(&cfg)
 	c.notifier.ApplyConfig(c.alertingConfig(&cfg))
 	c.writers.ApplyConfig(context.Background(), cfg.RemoteWrite)
 	if len(cfg.RemoteWrite) > 0 {
@@ -477,6 +489,7 @@ func (c *Center) routes() http.Handler {
 	auth := c.requireToken
 	c.api.Register(mux, auth)
 	c.faultRoutes(mux, auth)
+	c.traceRoutes(mux, auth)
 	mux.Handle("POST /api/v1/write", auth(c.receiver))
 	mux.Handle("/api/v1/write", auth(c.receiver)) // 405 for other methods
 	mux.Handle("GET /metrics", auth(promhttp.HandlerFor(c.gatherers(), promhttp.HandlerOpts{})))

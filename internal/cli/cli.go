@@ -29,6 +29,7 @@ Usage:
   imwatch im bench [flags]        load-test a running IM: users chatting one-to-one
   imwatch im token [flags]        print an auth token for a user and device
   imwatch agent [flags]           serve this host's system metrics on /metrics
+  imwatch trace MSGID [flags]     print a message's trace as a waterfall (from the center)
   imwatch probe --config FILE     probe IM links (imwatch, XMPP, MQTT) with probe accounts
   imwatch fault add|list|clear    inject faults into the IM through the center, list and clear them
   imwatch version                 print the version
@@ -52,6 +53,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		err = runCenter(args[1:], stdout, stderr)
 	case "agent":
 		err = runAgent(args[1:], stdout, stderr)
+	case "trace":
+		err = runTrace(args[1:], stdout, stderr)
 	case "probe":
 		err = runProbe(args[1:], stdout, stderr)
 	case "fault":

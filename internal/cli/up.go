@@ -126,6 +126,7 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 	log.Info("imwatch up ready", "took", time.Since(began).Round(time.Millisecond))
 	fmt.Fprintf(stdout, "imwatch is up.\n")
 	fmt.Fprintf(stdout, "  center:    %s  (Prometheus API: %s/api/v1/query)\n", cen.URL(), cen.URL())
+	fmt.Fprintf(stdout, "  traces:    OTLP/HTTP %s/v1/traces, queries %s/api/traces, imwatch trace MSGID\n", cen.URL(), cen.URL())
 	fmt.Fprintf(stdout, "  nats:      %s\n", c.NATSURL)
 	for i, u := range c.URLs() {
 		fmt.Fprintf(stdout, "  gateway %d: %s  (metrics http://%s/metrics)\n", i+1, u, c.Gateways[i].Addr())

@@ -277,3 +277,40 @@ func Query(baseURL, q string, at time.Time) ([]Series, error) {
 	}
 	return out, nil
 }
+
+// PostOTLP posts an OTLP/HTTP trace body to baseURL/v1/traces and returns
+// the status code and the answer's body.
+func PostOTLP(t testing.TB, baseURL string, body []byte, contentType string, header ...string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, baseURL+"/v1/traces", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", contentType)
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("post otlp: %v", err)
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, msg
+}
+
+// GetJSON calls GET baseURL+path and decodes the JSON answer into v,
+// whatever its status, which it returns.
+func GetJSON(t testing.TB, baseURL, path string, v any) int {
+	t.Helper()
+	resp, err := http.Get(baseURL + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if err := json.Unmarshal(body, v); err != nil {
+		t.Fatalf("GET %s: %s: not JSON: %v: %s", path, resp.Status, err, body)
+	}
+	return resp.StatusCode
+}

@@ -6,6 +6,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -28,6 +29,7 @@ type Config struct {
 	Receiver           Receiver      `yaml:"remote_write_receiver"`
 	Query              Query         `yaml:"query"`
 	Auth               Auth          `yaml:"auth"`
+	Traces             Traces        `yaml:"traces"`
 
 	// File is the file the config was loaded from ("" for Default()); a
 	// reload reads it again.
@@ -113,6 +115,43 @@ type Query struct {
 	LookbackDelta Duration `yaml:"lookback_delta"`
 }
 
+// Traces is the trace side: the OTLP receiver, the trace store, the
+// metrics derived from spans and the detection of broken traces.
+type Traces struct {
+	// Path of the trace store; "" means a directory "traces" beside storage.path.
+	Path          string   `yaml:"path"`
+	Retention     Duration `yaml:"retention"`
+	RetentionSize ByteSize `yaml:"retention_size"`
+	// WALFsync fsyncs the trace write-ahead log before an OTLP request is
+	// answered, so that acknowledged spans survive a power loss too.
+	WALFsync     bool     `yaml:"wal_fsync"`
+	HeadMaxSpans int      `yaml:"head_max_spans"`
+	HeadMaxAge   Duration `yaml:"head_max_age"`
+
+	MaxBodySize        ByteSize `yaml:"max_body_size"`
+	MaxDecodedSize     ByteSize `yaml:"max_decoded_size"`
+	MaxSpansPerRequest int      `yaml:"max_spans_per_request"`
+	MaxSpanSize        ByteSize `yaml:"max_span_size"`
+	QueueSpans         int      `yaml:"queue_spans"`
+	MaxConcurrent      int      `yaml:"max_concurrent"`
+	// GRPCListen is the address of the OTLP/gRPC receiver; off when empty.
+	GRPCListen string `yaml:"grpc_listen"`
+
+	MissingParentGrace Duration `yaml:"missing_parent_grace"`
+	GapThreshold       Duration `yaml:"gap_threshold"`
+
+	MetricsInterval  Duration `yaml:"metrics_interval"`
+	MetricsMaxSeries int      `yaml:"metrics_max_series"`
+}
+
+// TracesPath is where the trace store lives.
+func (c *Config) TracesPath() string {
+	if c.Traces.Path != "" {
+		return c.Traces.Path
+	}
+	return filepath.Join(filepath.Dir(c.Storage.Path), "traces")
+}
+
 // Auth protects the HTTP API with a bearer token; off when no file is given.
 type Auth struct {
 	BearerTokenFile string `yaml:"bearer_token_file"`
@@ -152,6 +191,23 @@ func Default() Config {
 			MaxSamples:    50_000_000,
 			MaxConcurrent: 20,
 			LookbackDelta: Duration(5 * time.Minute),
+		},
+		Traces: Traces{
+			Retention:          Duration(72 * time.Hour),
+			RetentionSize:      10 << 30,
+			WALFsync:           true,
+			HeadMaxSpans:       500_000,
+			HeadMaxAge:         Duration(2 * time.Minute),
+			MaxBodySize:        16 << 20,
+			MaxDecodedSize:     64 << 20,
+			MaxSpansPerRequest: 100_000,
+			MaxSpanSize:        256 << 10,
+			QueueSpans:         200_000,
+			MaxConcurrent:      8,
+			MissingParentGrace: Duration(30 * time.Second),
+			GapThreshold:       Duration(10 * time.Millisecond),
+			MetricsInterval:    Duration(15 * time.Second),
+			MetricsMaxSeries:   10_000,
 		},
 		Listen: DefaultListen,
 	}
@@ -210,6 +266,7 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.Receiver.Validate()...)
 	errs = append(errs, c.Query.Validate()...)
+	errs = append(errs, c.Traces.Validate()...)
 	return errors.Join(errs...)
 }
 
@@ -379,6 +436,44 @@ func (q *Query) Validate() []error {
 	if q.LookbackDelta <= 0 {
 		errs = append(errs, fieldErr("query.lookback_delta", "must be positive"))
 	}
+	return errs
+}
+
+// Validate checks the traces section.
+func (t *Traces) Validate() []error {
+	var errs []error
+	positive := func(key string, ok bool) {
+		if !ok {
+			errs = append(errs, fieldErr("traces."+key, "must be positive"))
+		}
+	}
+	if t.Retention < 0 {
+		errs = append(errs, fieldErr("traces.retention", "must not be negative (0: no time limit)"))
+	}
+	if t.RetentionSize < 0 {
+		errs = append(errs, fieldErr("traces.retention_size", "must not be negative (0: no size limit)"))
+	}
+	positive("head_max_spans", t.HeadMaxSpans > 0)
+	positive("head_max_age", t.HeadMaxAge > 0)
+	positive("max_body_size", t.MaxBodySize > 0)
+	if t.MaxDecodedSize < t.MaxBodySize {
+		errs = append(errs, fieldErr("traces.max_decoded_size", "%s is less than max_body_size %s", t.MaxDecodedSize, t.MaxBodySize))
+	}
+	positive("max_spans_per_request", t.MaxSpansPerRequest > 0)
+	positive("max_span_size", t.MaxSpanSize > 0)
+	if t.QueueSpans < t.MaxSpansPerRequest {
+		errs = append(errs, fieldErr("traces.queue_spans", "%d is less than max_spans_per_request %d: the biggest request could never get in", t.QueueSpans, t.MaxSpansPerRequest))
+	}
+	positive("max_concurrent", t.MaxConcurrent > 0)
+	if t.GRPCListen != "" {
+		if _, _, err := net.SplitHostPort(t.GRPCListen); err != nil {
+			errs = append(errs, fieldErr("traces.grpc_listen", "%q: want host:port, e.g. 127.0.0.1:4317", t.GRPCListen))
+		}
+	}
+	positive("missing_parent_grace", t.MissingParentGrace > 0)
+	positive("gap_threshold", t.GapThreshold > 0)
+	positive("metrics_interval", t.MetricsInterval > 0)
+	positive("metrics_max_series", t.MetricsMaxSeries > 0)
 	return errs
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -83,6 +84,10 @@ func TestParseErrors(t *testing.T) {
 		{"bad compression", "storage: {wal_compression: lz4}\n", []string{"storage.wal_compression", "lz4"}},
 		{"remote write batch above capacity", "remote_write:\n  - url: http://a:9/w\n    queue_capacity: 10\n    max_samples_per_send: 100\n",
 			[]string{"config line 4", "remote_write[0].max_samples_per_send"}},
+		{"unknown key in traces", "traces:\n  retension: 3d\n", []string{"config line 2", `unknown key "retension" in traces`, `did you mean "retention"`}},
+		{"bad grpc listen", "traces:\n  grpc_listen: 4317\n", []string{"config line 2", "traces.grpc_listen", "host:port"}},
+		{"trace queue below a request", "traces:\n  queue_spans: 10\n", []string{"config line 2", "traces.queue_spans", "max_spans_per_request"}},
+		{"zero gap threshold", "traces: {gap_threshold: 0}\n", []string{"traces.gap_threshold", "must be positive"}},
 		{"syntax error", "storage: {path: [\n", []string{"config"}},
 		{"duplicate key", "storage: {}\nstorage: {}\n", []string{"already defined"}},
 		{"two documents", "storage: {}\n---\nscrape: {}\n", []string{"second YAML document"}},
@@ -163,5 +168,28 @@ func TestDurationAndSizeRoundTrip(t *testing.T) {
 	}
 	if cfg.Storage.RetentionSize != 512<<20 || cfg.Scrape.BodySizeLimit != 1<<20 {
 		t.Errorf("sizes %d %d", cfg.Storage.RetentionSize, cfg.Scrape.BodySizeLimit)
+	}
+}
+
+// TestDocumentedTracesDefaults: the traces section written out in
+// docs/center.md is the defaults.
+func TestDocumentedTracesDefaults(t *testing.T) {
+	doc, err := os.ReadFile("../../../docs/center.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(doc)
+	i := strings.Index(s, "\ntraces:")
+	if i < 0 {
+		t.Fatal("no traces section in docs/center.md")
+	}
+	block := s[i+1:]
+	block = block[:strings.Index(block, "```")]
+	cfg, err := Parse([]byte(block))
+	if err != nil {
+		t.Fatalf("the documented traces section does not parse: %v\n%s", err, block)
+	}
+	if !reflect.DeepEqual(cfg.Traces, Default().Traces) {
+		t.Errorf("documented %+v\ndefaults   %+v", cfg.Traces, Default().Traces)
 	}
 }

@@ -69,6 +69,7 @@ func (c *Config) Resolve(dir string) error {
 		return filepath.Join(dir, p)
 	}
 	c.Storage.Path = abs(c.Storage.Path)
+	c.Traces.Path = abs(c.Traces.Path)
 	for i := range c.RuleFiles {
 		c.RuleFiles[i] = abs(c.RuleFiles[i])
 	}

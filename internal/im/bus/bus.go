@@ -93,6 +93,10 @@ type Deliver struct {
 	Node    string        `json:"node"`
 	Targets []Target      `json:"targets"`
 	Msg     StoredMessage `json:"msg"`
+	// AckBatch says that Node also takes its deliver-acks gathered in a
+	// DeliverAckBatch. A gateway sends single DeliverAcks to a node that
+	// does not say so (an older one).
+	AckBatch bool `json:"ack_batch,omitempty"`
 }
 
 // DeliverAck tells the pushing logic node that a device received a message.
@@ -101,6 +105,15 @@ type DeliverAck struct {
 	User   string `json:"u"`
 	Device string `json:"d"`
 }
+
+// DeliverAckBatch is deliver-acks a gateway gathered for one logic node, at
+// most MaxAckBatch, sent on AckSubject like a single DeliverAck.
+type DeliverAckBatch struct {
+	Acks []DeliverAck `json:"acks"`
+}
+
+// MaxAckBatch bounds a DeliverAckBatch.
+const MaxAckBatch = 1000
 
 // SyncRequest asks for the messages a device missed.
 type SyncRequest struct {

@@ -8,7 +8,6 @@ package client
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -278,11 +277,16 @@ func (c *Client) roundTrip(ctx context.Context, f protocol.Frame) (protocol.Fram
 		return protocol.Frame{}, errDisconnected
 	}
 	// A frame the gateway dropped (rate limit) is never answered: give up on
-	// this attempt after a while; send resends it with the same id.
-	attempt := time.NewTimer(attemptTimeout)
-	defer attempt.Stop()
+	// this attempt after a while; send resends it with the same id. No
+	// timer when ctx ends sooner anyway (the load generator's sends).
+	var expired <-chan time.Time
+	if d, ok := ctx.Deadline(); !ok || time.Until(d) > attemptTimeout {
+		attempt := time.NewTimer(attemptTimeout)
+		defer attempt.Stop()
+		expired = attempt.C
+	}
 	select {
-	case <-attempt.C:
+	case <-expired:
 		return protocol.Frame{}, errNoAnswer
 	case r := <-ch:
 		if r.Type == protocol.TypeError {
@@ -318,10 +322,7 @@ func (c *Client) conn(ctx context.Context) (*session, error) {
 }
 
 func (c *Client) write(ctx context.Context, ws *websocket.Conn, f protocol.Frame) error {
-	data, err := json.Marshal(f)
-	if err != nil {
-		return err
-	}
+	data := protocol.AppendFrame(make([]byte, 0, 128+len(f.Body)+len(f.Trace)), &f)
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	return ws.Write(wctx, websocket.MessageText, data)

@@ -160,8 +160,12 @@ func (c *Client) serve(ctx context.Context, s *session) {
 			}
 		}
 	}()
+	// Reads pass no cancellable context, which costs a registration per
+	// frame; the end of sctx closes the socket instead, as a cancelled read does.
+	stop := context.AfterFunc(sctx, func() { _ = s.ws.CloseNow() })
+	defer stop()
 	for {
-		_, data, err := s.ws.Read(sctx)
+		_, data, err := s.ws.Read(context.Background())
 		read := time.Now() // before the ack is written: the prober times deliveries with it
 		if err != nil {
 			c.log.Debug("connection lost", "gateway", s.gateway, "err", err)
@@ -205,14 +209,22 @@ func (c *Client) serve(ctx context.Context, s *session) {
 }
 
 // gapLoop syncs conversations whose gap in sequence has lasted GapTimeout.
+// It ticks only while a gap is open: an idle client costs no wake-ups.
 func (c *Client) gapLoop(ctx context.Context) {
-	t := time.NewTicker(c.cfg.GapTimeout / 2)
-	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-c.order.gapOpened:
+		}
+		t := time.NewTicker(c.cfg.GapTimeout / 2)
+		for c.order.hasGaps() {
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
 			convs := c.order.gaps(c.cfg.GapTimeout)
 			if len(convs) == 0 {
 				continue
@@ -223,5 +235,6 @@ func (c *Client) gapLoop(ctx context.Context) {
 			}
 			cancel()
 		}
+		t.Stop()
 	}
 }

@@ -16,6 +16,10 @@ type orderer struct {
 	emit  func(Message)
 	held  int
 	dups  atomic.Int64
+	// gapOpened is signalled when a conversation starts waiting on a gap,
+	// so that the gap loop sleeps while there are none.
+	gapOpened chan struct{}
+	gapsOpen  int // conversations with gapSince set
 
 	// user and device are who this client is; messages from this device
 	// that arrive while a send of it in the conversation awaits its ack are
@@ -47,7 +51,7 @@ type queued struct {
 }
 
 func newOrderer(emit func(Message)) *orderer {
-	return &orderer{convs: map[string]*convOrder{}, emit: emit, fresh: map[string]bool{}}
+	return &orderer{convs: map[string]*convOrder{}, emit: emit, fresh: map[string]bool{}, gapOpened: make(chan struct{}, 1)}
 }
 
 func (o *orderer) conv(id string) *convOrder {
@@ -104,10 +108,25 @@ func (o *orderer) drain(co *convOrder) {
 		}
 	}
 	if len(co.buf) == 0 {
+		if !co.gapSince.IsZero() {
+			o.gapsOpen--
+		}
 		co.gapSince = time.Time{}
 	} else if co.gapSince.IsZero() {
 		co.gapSince = time.Now()
+		o.gapsOpen++
+		select {
+		case o.gapOpened <- struct{}{}:
+		default:
+		}
 	}
+}
+
+// hasGaps reports whether a conversation waits on a gap.
+func (o *orderer) hasGaps() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.gapsOpen > 0
 }
 
 // setSelf records who this client is.

@@ -289,3 +289,58 @@ func TestSlowConsumer(t *testing.T) {
 	imtest.Eventually(t, 20*time.Second, hasConns(b.gw, 1))
 	alice.ping()
 }
+
+// TestDeliverAcksBatchedForNodesThatSaySo checks both forms of deliver-acks:
+// batched to a node whose pushes carry ack_batch, single to one whose do not
+// (a logic node of an older version).
+func TestDeliverAcksBatchedForNodesThatSaySo(t *testing.T) {
+	b := startBareGateway(t, nil)
+	newAcks := b.busRequests(t, bus.AckSubject("node-new"))
+	oldAcks := b.busRequests(t, bus.AckSubject("node-old"))
+	bob := dialAuthed(t, b.url, "bob", "phone")
+	push := func(node string, batch bool, id string, seq uint64) {
+		t.Helper()
+		d := bus.Deliver{Node: node, AckBatch: batch, Targets: []bus.Target{{User: "bob", Device: "phone"}},
+			Msg: bus.StoredMessage{MsgID: id, Conv: "d=alice=bob", Seq: seq, From: "alice", FromDevice: "phone", Body: "hi", TS: 1}}
+		if err := b.nc.Publish(bus.DeliverSubject("gw-bare"), bus.AppendDeliver(nil, &d)); err != nil {
+			t.Fatal(err)
+		}
+		if f := bob.next(); f.MsgID != id {
+			t.Fatalf("got %+v, want %s", f, id)
+		}
+	}
+	const n = 50
+	for i := 0; i < n; i++ {
+		push("node-new", true, "N"+strconv.Itoa(i), uint64(i+1))
+	}
+	push("node-old", false, "O1", n+1)
+	for i := 0; i < n; i++ {
+		bob.write(`{"type":"deliver_ack","msg_id":"N` + strconv.Itoa(i) + `"}`)
+	}
+	bob.write(`{"type":"deliver_ack","msg_id":"O1"}`)
+
+	var single bus.DeliverAck
+	decodeMsg(t, nextMsg(t, oldAcks), &single)
+	if want := (bus.DeliverAck{MsgID: "O1", User: "bob", Device: "phone"}); single != want {
+		t.Fatalf("old node got %+v, want %+v", single, want)
+	}
+	got := map[string]bool{}
+	for len(got) < n {
+		var batch bus.DeliverAckBatch
+		decodeMsg(t, nextMsg(t, newAcks), &batch)
+		if len(batch.Acks) == 0 {
+			t.Fatalf("empty or single-form ack for the batching node")
+		}
+		for _, a := range batch.Acks {
+			if a.User != "bob" || a.Device != "phone" || got[a.MsgID] {
+				t.Fatalf("ack %+v: wrong device or twice", a)
+			}
+			got[a.MsgID] = true
+		}
+	}
+	select {
+	case m := <-newAcks:
+		t.Fatalf("more acks than deliveries: %s", m.Data)
+	case <-time.After(200 * time.Millisecond):
+	}
+}

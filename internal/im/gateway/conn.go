@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,15 +37,67 @@ type outFrame struct {
 	start time.Time // deliver: when the push came in from the bus
 }
 
+// outQueue is a connection's queue of frames to write. It holds nothing
+// while the connection is idle and grows on demand, so that an idle
+// connection costs no queue memory; pending bounds what is queued or being
+// written.
+type outQueue struct {
+	mu      sync.Mutex
+	items   []outFrame
+	pending atomic.Int32  // frames queued or in the writer's hands
+	wake    chan struct{} // 1-buffered: items is not empty
+	room    chan struct{} // 1-buffered: the writer wrote a batch
+}
+
+// push queues of unless limit frames are pending.
+func (q *outQueue) push(of outFrame, limit int) bool {
+	if q.pending.Add(1) > int32(limit) {
+		q.pending.Add(-1)
+		return false
+	}
+	q.mu.Lock()
+	q.items = append(q.items, of)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// take moves every queued frame to dst.
+func (q *outQueue) take(dst []outFrame) []outFrame {
+	q.mu.Lock()
+	dst = append(dst, q.items...)
+	clear(q.items)
+	if cap(q.items) > 64 { // a burst is over: do not keep its memory
+		q.items = nil
+	} else {
+		q.items = q.items[:0]
+	}
+	q.mu.Unlock()
+	return dst
+}
+
+// written marks n frames of a batch as written and wakes a sender waiting for room.
+func (q *outQueue) written(n int) {
+	q.pending.Add(int32(-n))
+	select {
+	case q.room <- struct{}{}:
+	default:
+	}
+}
+
 // conn is one client's WebSocket connection.
 type conn struct {
 	g      *Gateway
 	ws     *websocket.Conn
 	user   string // set once by the read loop on auth
 	device string
-	authed atomic.Bool // user is set; read by the watchdog
+	authed atomic.Bool // user is set; read by the sweeper
+	start  time.Time   // accepted; the auth timeout counts from here
 
-	out       chan outFrame
+	out       outQueue
 	closed    chan struct{}
 	closeOnce sync.Once
 	closeCode websocket.StatusCode
@@ -55,12 +108,13 @@ type conn struct {
 	dropped     int       // frames dropped for rate since droppedFrom
 	droppedFrom time.Time // start of the current flood window
 	inflight    chan struct{}
-	lastRecv    atomic.Int64
+	lastRecv    atomic.Int64 // Unix ns of the last frame received
+	writing     atomic.Int64 // Unix ns the current write began; 0 between writes
 
 	presenceRev atomic.Uint64
 
 	ackMu    sync.Mutex
-	ackNode  map[string]string // msg id -> logic node awaiting its deliver_ack
+	ackNode  map[string]ackTo // msg id -> logic node awaiting its deliver_ack
 	ackOrder []string
 }
 
@@ -74,13 +128,14 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	c := &conn{
 		g:        g,
 		ws:       ws,
-		out:      make(chan outFrame, g.cfg.OutQueue),
+		start:    time.Now(),
 		closed:   make(chan struct{}),
 		limiter:  rate.NewLimiter(rate.Limit(g.cfg.RateLimit), g.cfg.RateBurst),
 		inflight: make(chan struct{}, g.cfg.MaxInflight),
-		ackNode:  map[string]string{},
 	}
-	c.lastRecv.Store(time.Now().UnixNano())
+	c.out.wake = make(chan struct{}, 1)
+	c.out.room = make(chan struct{}, 1)
+	c.lastRecv.Store(c.start.UnixNano())
 	g.wg.Add(1)
 	defer g.wg.Done()
 	g.mu.Lock()
@@ -97,7 +152,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	}()
 	writerDone := make(chan struct{})
 	go func() { c.writeLoop(); close(writerDone) }()
-	c.readLoop(r.Context())
+	c.readLoop()
 	c.close(websocket.StatusNormalClosure, "", nil)
 	<-writerDone
 	if c.user != "" {
@@ -105,31 +160,46 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// readFrame reads one text frame of at most MaxFrameBytes.
-func (c *conn) readFrame(ctx context.Context) ([]byte, error) {
-	typ, r, err := c.ws.Reader(ctx)
+// readFrame reads one text frame of at most MaxFrameBytes into buf (reused
+// from frame to frame: decoding copies what it keeps). It passes no
+// cancellable context, which would cost a registration per frame: the
+// sweeper and close end a read by closing the connection.
+func (c *conn) readFrame(buf []byte) ([]byte, error) {
+	typ, r, err := c.ws.Reader(context.Background())
 	if err != nil {
-		return nil, err
+		return buf, err
 	}
-	data, err := io.ReadAll(io.LimitReader(r, protocol.MaxFrameBytes+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > protocol.MaxFrameBytes {
-		return nil, protocol.Errorf(protocol.CodeFrameTooLarge, "frame is over the limit of %d bytes", protocol.MaxFrameBytes)
+	buf = buf[:0]
+	for {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, 512)
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if len(buf) > protocol.MaxFrameBytes {
+			return buf, protocol.Errorf(protocol.CodeFrameTooLarge, "frame is over the limit of %d bytes", protocol.MaxFrameBytes)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return buf, err
+		}
 	}
 	if typ != websocket.MessageText {
-		return nil, protocol.Errorf(protocol.CodeBadFrame, "frames are JSON text; got a binary frame")
+		return buf, protocol.Errorf(protocol.CodeBadFrame, "frames are JSON text; got a binary frame")
 	}
-	return data, nil
+	return buf, nil
 }
 
-func (c *conn) readLoop(ctx context.Context) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go c.watchdog(ctx, cancel)
+func (c *conn) readLoop() {
+	var buf []byte
 	for {
-		data, err := c.readFrame(ctx)
+		if cap(buf) > 4096 { // a large frame is over: do not keep its memory
+			buf = nil
+		}
+		data, err := c.readFrame(buf)
+		buf = data
 		var perr *protocol.Error
 		if errors.As(err, &perr) && perr.Code == protocol.CodeFrameTooLarge {
 			c.g.m.Frame("in", "invalid")
@@ -196,32 +266,26 @@ func (c *conn) readLoop(ctx context.Context) {
 	}
 }
 
-// watchdog closes the connection when auth or any frame does not come in time.
-func (c *conn) watchdog(ctx context.Context, cancel context.CancelFunc) {
-	t := time.NewTicker(250 * time.Millisecond)
-	defer t.Stop()
-	start := time.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-c.closed:
-			// The writer sends the close frame; the read loop ends when the
-			// handshake does. If the client never answers, give up.
-			time.AfterFunc(writeTimeout, cancel)
-			return
-		case now := <-t.C:
-			if !c.authed.Load() && now.Sub(start) > c.g.cfg.AuthTimeout {
-				c.close(websocket.StatusPolicyViolation, protocol.CodeAuthTimeout, protocol.Errorf(protocol.CodeAuthTimeout, "no auth frame within %s", c.g.cfg.AuthTimeout))
-				time.AfterFunc(writeTimeout, cancel)
-				return
-			}
-			if now.Sub(time.Unix(0, c.lastRecv.Load())) > c.g.cfg.IdleTimeout {
-				c.close(websocket.StatusPolicyViolation, protocol.CodeIdleTimeout, protocol.Errorf(protocol.CodeIdleTimeout, "nothing received for %s", c.g.cfg.IdleTimeout))
-				time.AfterFunc(writeTimeout, cancel)
-				return
-			}
-		}
+// check closes the connection when auth or any frame did not come in time,
+// and drops it when a write has been stuck for writeTimeout. The gateway's
+// sweeper calls it for every connection every sweepInterval.
+func (c *conn) check(now time.Time) {
+	if w := c.writing.Load(); w != 0 && now.UnixNano()-w > int64(writeTimeout) {
+		c.close(websocket.StatusAbnormalClosure, "", nil)
+		_ = c.ws.CloseNow()
+		return
+	}
+	select {
+	case <-c.closed:
+		return
+	default:
+	}
+	if !c.authed.Load() && now.Sub(c.start) > c.g.cfg.AuthTimeout {
+		c.close(websocket.StatusPolicyViolation, protocol.CodeAuthTimeout, protocol.Errorf(protocol.CodeAuthTimeout, "no auth frame within %s", c.g.cfg.AuthTimeout))
+		return
+	}
+	if now.UnixNano()-c.lastRecv.Load() > int64(c.g.cfg.IdleTimeout) {
+		c.close(websocket.StatusPolicyViolation, protocol.CodeIdleTimeout, protocol.Errorf(protocol.CodeIdleTimeout, "nothing received for %s", c.g.cfg.IdleTimeout))
 	}
 }
 
@@ -264,7 +328,7 @@ func (c *conn) handle(f protocol.Frame) {
 	case protocol.TypeAuth:
 		c.sendError(f.ID, protocol.Errorf(protocol.CodeBadRequest, "already authenticated"))
 	case protocol.TypeSend:
-		c.async(f, c.forwardSend)
+		c.forwardSend(f)
 	case protocol.TypeDeliverAck:
 		c.forwardAck(f)
 	case protocol.TypeSync:
@@ -296,6 +360,18 @@ func (c *conn) request(subject string, trace string, req, reply any, timeout tim
 	if err != nil {
 		return protocol.Errorf(protocol.CodeInternal, "encode request")
 	}
+	resp, perr := c.requestData(subject, trace, data, timeout)
+	if perr != nil {
+		return perr
+	}
+	if err := json.Unmarshal(resp, reply); err != nil {
+		return protocol.Errorf(protocol.CodeInternal, "undecodable answer from logic")
+	}
+	return nil
+}
+
+// requestData sends an encoded request to the logic nodes and returns the answer.
+func (c *conn) requestData(subject, trace string, data []byte, timeout time.Duration) ([]byte, *protocol.Error) {
 	m := &nats.Msg{Subject: subject, Data: data}
 	if trace != "" {
 		m.Header = nats.Header{bus.HeaderTrace: []string{trace}}
@@ -305,12 +381,9 @@ func (c *conn) request(subject string, trace string, req, reply any, timeout tim
 	resp, err := c.g.nc.RequestMsgWithContext(ctx, m)
 	if err != nil {
 		c.g.log.Debug("request to logic failed", "subject", subject, "err", err)
-		return protocol.Errorf(protocol.CodeUnavailable, "no logic node answered in time; retry")
+		return nil, protocol.Errorf(protocol.CodeUnavailable, "no logic node answered in time; retry")
 	}
-	if err := json.Unmarshal(resp.Data, reply); err != nil {
-		return protocol.Errorf(protocol.CodeInternal, "undecodable answer from logic")
-	}
-	return nil
+	return resp.Data, nil
 }
 
 // operation is the operation label of a frame type.
@@ -326,26 +399,6 @@ func operation(typ string) string {
 func (c *conn) fail(f protocol.Frame, perr *protocol.Error) {
 	c.g.m.Fail(operation(f.Type), perr.Code)
 	c.sendError(f.ID, perr)
-}
-
-func (c *conn) forwardSend(f protocol.Frame) {
-	start := time.Now()
-	c.g.m.Request("send")
-	kind := immetrics.Kind(f.Group)
-	c.g.m.Message(kind, immetrics.StageSent, 1)
-	req := bus.SendRequest{From: c.user, Device: c.device, Gateway: c.g.cfg.ID, ID: f.ID,
-		To: f.To, Group: f.Group, Body: f.Body, Probe: f.Probe, Trace: f.Trace, RecvNS: start.UnixNano()}
-	var rep bus.SendReply
-	if perr := c.request(bus.SubjSend, f.Trace, req, &rep, c.g.cfg.RequestTimeout); perr != nil {
-		c.fail(f, perr)
-		return
-	}
-	if rep.Code != "" {
-		c.fail(f, protocol.Errorf(rep.Code, "%s", rep.Error))
-		return
-	}
-	c.send(protocol.Frame{Type: protocol.TypeSendAck, ID: f.ID, MsgID: rep.MsgID, Conv: rep.Conv, Seq: rep.Seq, TS: rep.TS, Dup: rep.Dup})
-	c.g.m.Stage(immetrics.LatGatewayReceive, start)
 }
 
 func (c *conn) forwardSync(f protocol.Frame) {
@@ -388,20 +441,27 @@ func (c *conn) forwardGroup(f protocol.Frame) {
 func (c *conn) forwardAck(f protocol.Frame) {
 	c.g.m.Request("deliver_ack")
 	c.ackMu.Lock()
-	node, ok := c.ackNode[f.MsgID]
+	to, ok := c.ackNode[f.MsgID]
 	delete(c.ackNode, f.MsgID)
 	c.ackMu.Unlock()
 	if !ok {
 		return // delivered by sync, or acked already: nobody waits for it
 	}
-	data, _ := json.Marshal(bus.DeliverAck{MsgID: f.MsgID, User: c.user, Device: c.device})
-	_ = c.g.nc.Publish(bus.AckSubject(node), data)
+	a := bus.DeliverAck{MsgID: f.MsgID, User: c.user, Device: c.device}
+	if to.batch {
+		c.g.acks.add(to.node, a)
+		return
+	}
+	_ = c.g.nc.Publish(bus.AckSubject(to.node), bus.AppendDeliverAck(nil, &a))
 }
 
 // deliver queues a pushed message; a client too slow to take it is closed,
 // and gets the message again by sync when it reconnects.
-func (c *conn) deliver(frame []byte, msgID, node, kind string, start time.Time) {
+func (c *conn) deliver(frame []byte, msgID string, to ackTo, kind string, start time.Time) {
 	c.ackMu.Lock()
+	if c.ackNode == nil {
+		c.ackNode = map[string]ackTo{}
+	}
 	if _, ok := c.ackNode[msgID]; !ok {
 		if len(c.ackOrder) >= maxPendingAcks {
 			// The oldest is forgotten: its push times out and is retried, or left to sync.
@@ -410,7 +470,7 @@ func (c *conn) deliver(frame []byte, msgID, node, kind string, start time.Time) 
 		}
 		c.ackOrder = append(c.ackOrder, msgID)
 	}
-	c.ackNode[msgID] = node
+	c.ackNode[msgID] = to
 	if len(c.ackOrder) > 2*len(c.ackNode)+64 { // compact ids already acked
 		kept := c.ackOrder[:0]
 		for _, id := range c.ackOrder {
@@ -421,43 +481,60 @@ func (c *conn) deliver(frame []byte, msgID, node, kind string, start time.Time) 
 		c.ackOrder = kept
 	}
 	c.ackMu.Unlock()
+	c.queue(outFrame{data: frame, typ: protocol.TypeDeliver, kind: kind, start: start})
+}
+
+// queue queues a frame for the writer; a client too slow to take its frames
+// is closed.
+func (c *conn) queue(of outFrame) {
 	select {
-	case c.out <- outFrame{data: frame, typ: protocol.TypeDeliver, kind: kind, start: start}:
 	case <-c.closed:
+		return
 	default:
-		c.close(websocket.StatusPolicyViolation, protocol.CodeSlowConsumer, protocol.Errorf(protocol.CodeSlowConsumer, "the client did not read its frames; closed"))
+	}
+	if !c.out.push(of, c.g.cfg.OutQueue) {
+		c.closeSlow()
 	}
 }
 
+func (c *conn) closeSlow() {
+	c.close(websocket.StatusPolicyViolation, protocol.CodeSlowConsumer, protocol.Errorf(protocol.CodeSlowConsumer, "the client did not read its frames; closed"))
+}
+
 func (c *conn) send(f protocol.Frame) {
-	data, err := json.Marshal(f)
-	if err != nil {
-		return
-	}
-	select {
-	case c.out <- outFrame{data: data, typ: f.Type}:
-	case <-c.closed:
-	default:
-		c.close(websocket.StatusPolicyViolation, protocol.CodeSlowConsumer, protocol.Errorf(protocol.CodeSlowConsumer, "the client did not read its frames; closed"))
-	}
+	c.queue(outFrame{data: protocol.AppendFrame(nil, &f), typ: f.Type})
 }
 
 // sendWait queues a frame, waiting for room; false when the connection closed.
 func (c *conn) sendWait(f protocol.Frame) bool {
-	data, err := json.Marshal(f)
-	if err != nil {
-		return false
-	}
-	t := time.NewTimer(writeTimeout)
-	defer t.Stop()
-	select {
-	case c.out <- outFrame{data: data, typ: f.Type}:
-		return true
-	case <-c.closed:
-		return false
-	case <-t.C:
-		c.close(websocket.StatusPolicyViolation, protocol.CodeSlowConsumer, protocol.Errorf(protocol.CodeSlowConsumer, "the client did not read its frames; closed"))
-		return false
+	of := outFrame{data: protocol.AppendFrame(nil, &f), typ: f.Type}
+	var t *time.Timer
+	for {
+		select {
+		case <-c.closed:
+			return false
+		default:
+		}
+		if c.out.push(of, c.g.cfg.OutQueue) {
+			if t != nil {
+				t.Stop()
+				// Another sender may be waiting for the same room.
+				c.out.written(0)
+			}
+			return true
+		}
+		if t == nil {
+			t = time.NewTimer(writeTimeout)
+		}
+		select {
+		case <-c.out.room:
+		case <-c.closed:
+			t.Stop()
+			return false
+		case <-t.C:
+			c.closeSlow()
+			return false
+		}
 	}
 }
 
@@ -472,53 +549,72 @@ func (c *conn) close(code websocket.StatusCode, reason string, perr *protocol.Er
 		c.closeCode, c.closeWhy = code, reason
 		if perr != nil {
 			c.g.m.Fail("connection", perr.Code)
-			c.closeErr, _ = json.Marshal(protocol.ErrorFrame("", perr))
+			ef := protocol.ErrorFrame("", perr)
+			c.closeErr = protocol.AppendFrame(nil, &ef)
 		}
 		close(c.closed)
+		// The writer sends the close frame and the read loop ends when the
+		// handshake does; a client that never answers is dropped.
+		time.AfterFunc(writeTimeout, func() { _ = c.ws.CloseNow() })
 	})
 }
 
 func (c *conn) writeLoop() {
+	var batch []outFrame
 	for {
 		select {
-		case of := <-c.out:
-			if !c.write(of) {
+		case <-c.out.wake:
+			batch = c.out.take(batch[:0])
+			ok := c.writeBatch(batch)
+			clear(batch)
+			if cap(batch) > 64 {
+				batch = nil
+			}
+			if !ok {
 				c.close(websocket.StatusAbnormalClosure, "", nil)
 				_ = c.ws.CloseNow()
 				return
 			}
 		case <-c.closed:
 			// Flush what is queued, bounded, then say why and close.
-			for n := min(len(c.out), 256); n > 0; n-- {
-				if !c.write(<-c.out) {
-					_ = c.ws.CloseNow()
-					return
-				}
+			batch = c.out.take(batch[:0])
+			if !c.writeBatch(batch[:min(len(batch), 256)]) {
+				_ = c.ws.CloseNow()
+				return
 			}
 			if c.closeErr != nil {
-				c.write(outFrame{data: c.closeErr, typ: protocol.TypeError})
+				c.writeBatch([]outFrame{{data: c.closeErr, typ: protocol.TypeError}})
 			}
 			if c.closeCode == websocket.StatusAbnormalClosure {
 				_ = c.ws.CloseNow()
 				return
 			}
 			go func() { _ = c.ws.Close(c.closeCode, c.closeWhy) }()
-			time.AfterFunc(writeTimeout, func() { _ = c.ws.CloseNow() })
 			return
 		}
 	}
 }
 
-func (c *conn) write(of outFrame) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
-	defer cancel()
-	if c.ws.Write(ctx, websocket.MessageText, of.data) != nil {
-		return false
+// writeBatch writes frames in order; false when the connection failed. The
+// sweeper drops the connection when a write takes over writeTimeout: a
+// context per frame would cost more than the write.
+func (c *conn) writeBatch(frames []outFrame) bool {
+	if len(frames) == 0 {
+		return true
 	}
-	c.g.m.Frame("out", of.typ)
-	if of.kind != "" {
-		c.g.m.Message(of.kind, immetrics.StageDelivered, 1)
-		c.g.m.Stage(immetrics.LatDeliver, of.start)
+	c.writing.Store(time.Now().UnixNano())
+	defer c.writing.Store(0)
+	for i, of := range frames {
+		if c.ws.Write(context.Background(), websocket.MessageText, of.data) != nil {
+			c.out.written(len(frames) - i)
+			return false
+		}
+		c.g.m.Frame("out", of.typ)
+		if of.kind != "" {
+			c.g.m.Message(of.kind, immetrics.StageDelivered, 1)
+			c.g.m.Stage(immetrics.LatDeliver, of.start)
+		}
 	}
+	c.out.written(len(frames))
 	return true
 }

@@ -99,15 +99,19 @@ type Gateway struct {
 	mux  *http.ServeMux
 	sub  *nats.Subscription
 
+	sends sendCalls
+	acks  *ackBatcher
+
 	mu       sync.RWMutex
 	conns    map[string]map[string]*conn // user -> device -> connection
 	n        int
 	live     map[*conn]struct{} // every open connection, authenticated or not
 	stopping bool               // Stop began: connections are turned away
 
-	stopLive chan struct{}
-	liveDone chan struct{}
-	wg       sync.WaitGroup
+	stopLive  chan struct{}
+	liveDone  chan struct{}
+	sweepDone chan struct{}
+	wg        sync.WaitGroup
 }
 
 // New makes a gateway on the NATS connection nc.
@@ -123,17 +127,19 @@ func New(cfg Config, nc *nats.Conn) (*Gateway, error) {
 		return nil, fmt.Errorf("gateway: jetstream: %w", err)
 	}
 	g := &Gateway{
-		cfg:      cfg,
-		m:        cfg.Metrics,
-		log:      cfg.Log.With("component", "gateway", "gateway", cfg.ID),
-		nc:       nc,
-		js:       js,
-		epoch:    nuid.Next(),
-		conns:    map[string]map[string]*conn{},
-		live:     map[*conn]struct{}{},
-		mux:      http.NewServeMux(),
-		stopLive: make(chan struct{}),
-		liveDone: make(chan struct{}),
+		cfg:       cfg,
+		m:         cfg.Metrics,
+		log:       cfg.Log.With("component", "gateway", "gateway", cfg.ID),
+		nc:        nc,
+		js:        js,
+		epoch:     nuid.Next(),
+		conns:     map[string]map[string]*conn{},
+		acks:      newAckBatcher(nc),
+		live:      map[*conn]struct{}{},
+		mux:       http.NewServeMux(),
+		stopLive:  make(chan struct{}),
+		liveDone:  make(chan struct{}),
+		sweepDone: make(chan struct{}),
 	}
 	g.mux.HandleFunc("/ws", g.serveWS)
 	g.mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
@@ -172,6 +178,9 @@ func (g *Gateway) Start(ctx context.Context) error {
 		return fmt.Errorf("gateway: subscribe: %w", err)
 	}
 	_ = g.sub.SetPendingLimits(1<<20, 256<<20)
+	if err := g.startSendCalls(); err != nil {
+		return fmt.Errorf("gateway: subscribe: %w", err)
+	}
 	if err := g.announce(ctx); err != nil {
 		return err
 	}
@@ -186,6 +195,8 @@ func (g *Gateway) Start(ctx context.Context) error {
 		}
 	}()
 	go g.liveLoop()
+	go g.sweepLoop()
+	go g.acks.run()
 	g.log.Info("gateway started", "listen", g.Addr())
 	return nil
 }
@@ -216,12 +227,37 @@ func (g *Gateway) liveLoop() {
 	}
 }
 
+// sweepInterval is how often the sweeper checks every connection's auth
+// and idle timeouts and stuck writes: one goroutine and one ticker for the
+// whole gateway rather than one per connection.
+const sweepInterval = 250 * time.Millisecond
+
+func (g *Gateway) sweepLoop() {
+	defer close(g.sweepDone)
+	t := time.NewTicker(sweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.stopLive:
+			return
+		case now := <-t.C:
+			g.mu.RLock()
+			for c := range g.live {
+				c.check(now)
+			}
+			g.mu.RUnlock()
+			g.sends.expire(now)
+		}
+	}
+}
+
 // Stop closes every connection with "going away" so that clients reconnect
 // to another gateway, withdraws presence and stops.
 func (g *Gateway) Stop(ctx context.Context) error {
 	_ = g.http.Shutdown(ctx)
 	close(g.stopLive)
 	<-g.liveDone
+	<-g.sweepDone
 	g.mu.Lock()
 	g.stopping = true
 	all := make([]*conn, 0, len(g.live))
@@ -238,7 +274,9 @@ func (g *Gateway) Stop(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 	}
+	g.acks.stop() // sends what the connections acknowledged last
 	_ = g.sub.Unsubscribe()
+	_ = g.sends.sub.Unsubscribe()
 	dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_ = g.gateways.Delete(dctx, g.cfg.ID)
@@ -322,23 +360,22 @@ func (g *Gateway) Conns() int {
 func (g *Gateway) handleDeliver(m *nats.Msg) {
 	start := time.Now()
 	var d bus.Deliver
-	if err := json.Unmarshal(m.Data, &d); err != nil {
+	if err := bus.DecodeDeliver(m.Data, &d); err != nil {
 		g.log.Debug("undecodable deliver", "err", err)
 		return
 	}
+	// One rendering of the frame for every device it goes to.
 	f := protocol.Frame{
 		Type: protocol.TypeDeliver, MsgID: d.Msg.MsgID, Conv: d.Msg.Conv, Seq: d.Msg.Seq,
 		From: d.Msg.From, FromDevice: d.Msg.FromDevice, Group: d.Msg.Group, Body: d.Msg.Body,
 		Probe: d.Msg.Probe, Trace: d.Msg.Trace, TS: d.Msg.TS,
 	}
-	data, err := json.Marshal(f)
-	if err != nil {
-		return
-	}
+	data := protocol.AppendFrame(make([]byte, 0, 192+len(f.Body)+len(f.Trace)), &f)
 	kind := immetrics.Kind(d.Msg.Group)
+	to := ackTo{node: d.Node, batch: d.AckBatch}
 	for _, t := range d.Targets {
 		if c := g.lookup(t); c != nil {
-			c.deliver(data, d.Msg.MsgID, d.Node, kind, start)
+			c.deliver(data, d.Msg.MsgID, to, kind, start)
 		}
 	}
 }

@@ -89,7 +89,7 @@ func New(cfg Config, nc *nats.Conn) (*Logic, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(cfg.MaxInflight), jetstream.WithPublishAsyncTimeout(storeTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("logic: jetstream: %w", err)
 	}

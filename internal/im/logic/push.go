@@ -2,7 +2,6 @@ package logic
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sync"
 	"time"
@@ -27,6 +26,7 @@ type pusher struct {
 	pending map[string]*pendingPush
 	queue   []*pendingPush // in deadline order: every deadline is now+AckTimeout when set
 	ackSub  *nats.Subscription
+	ackBuf  []bus.DeliverAck // handleAck's, reused: the subscription calls it from one goroutine
 	done    chan struct{}
 	stopped chan struct{}
 }
@@ -90,7 +90,7 @@ func (p *pusher) stop() {
 
 func (p *pusher) handleStored(msg jetstream.Msg) {
 	var sm bus.StoredMessage
-	if err := json.Unmarshal(msg.Data(), &sm); err != nil {
+	if err := bus.DecodeStoredMessage(msg.Data(), &sm); err != nil {
 		p.l.log.Warn("dropping undecodable stored message", "subject", msg.Subject(), "err", err)
 		_ = msg.Term()
 		return
@@ -144,10 +144,8 @@ func (p *pusher) handleStored(msg jetstream.Msg) {
 
 func (p *pusher) publish(sm bus.StoredMessage, routes map[string][]bus.Target) {
 	for gw, targets := range routes {
-		data, err := json.Marshal(bus.Deliver{Node: p.l.cfg.Node, Targets: targets, Msg: sm})
-		if err != nil {
-			continue
-		}
+		d := bus.Deliver{Node: p.l.cfg.Node, Targets: targets, Msg: sm, AckBatch: true}
+		data := bus.AppendDeliver(make([]byte, 0, 320+len(sm.Body)+len(sm.Trace)), &d)
 		m := &nats.Msg{Subject: bus.DeliverSubject(gw), Data: data}
 		if sm.Trace != "" {
 			m.Header = nats.Header{bus.HeaderTrace: []string{sm.Trace}}
@@ -158,37 +156,44 @@ func (p *pusher) publish(sm bus.StoredMessage, routes map[string][]bus.Target) {
 	}
 }
 
+// handleAck takes a gateway's deliver-acks, one or a batch, and acks each
+// stream message all of whose devices have acknowledged it.
 func (p *pusher) handleAck(m *nats.Msg) {
-	var a bus.DeliverAck
-	if json.Unmarshal(m.Data, &a) != nil {
+	acks, err := bus.DecodeAcks(m.Data, p.ackBuf[:0])
+	p.ackBuf = acks[:0]
+	if err != nil || len(acks) == 0 {
 		return
 	}
+	var done []jetstream.Msg
+	now := time.Now()
 	p.mu.Lock()
-	pp := p.pending[a.MsgID]
-	if pp == nil {
-		p.mu.Unlock()
-		return
+	for _, a := range acks {
+		pp := p.pending[a.MsgID]
+		if pp == nil {
+			continue
+		}
+		t := bus.Target{User: a.User, Device: a.Device}
+		if _, ok := pp.waiting[t]; !ok {
+			continue
+		}
+		delete(pp.waiting, t)
+		p.l.m.Message(pp.kind, immetrics.StageAcked, 1)
+		p.l.m.Stage(immetrics.LatAck, pp.pushedAt)
+		if pp.sm.RecvNS > 0 {
+			p.l.m.E2E(pp.kind, now.Sub(time.Unix(0, pp.sm.RecvNS)))
+		}
+		if len(pp.waiting) > 0 {
+			continue
+		}
+		pp.finished = true
+		delete(p.pending, a.MsgID)
+		done = append(done, pp.msg)
 	}
-	t := bus.Target{User: a.User, Device: a.Device}
-	if _, ok := pp.waiting[t]; !ok {
-		p.mu.Unlock()
-		return
-	}
-	delete(pp.waiting, t)
-	p.l.m.Message(pp.kind, immetrics.StageAcked, 1)
-	p.l.m.Stage(immetrics.LatAck, pp.pushedAt)
-	if pp.sm.RecvNS > 0 {
-		p.l.m.E2E(pp.kind, time.Since(time.Unix(0, pp.sm.RecvNS)))
-	}
-	if len(pp.waiting) > 0 {
-		p.mu.Unlock()
-		return
-	}
-	pp.finished = true
-	delete(p.pending, a.MsgID)
 	p.l.m.SetPending(len(p.pending))
 	p.mu.Unlock()
-	_ = pp.msg.Ack()
+	for _, msg := range done {
+		_ = msg.Ack()
+	}
 }
 
 func (p *pusher) redeliverLoop() {

@@ -58,7 +58,7 @@ func (l *Logic) conv(id string) *convState {
 
 func (l *Logic) handleSend(m *nats.Msg) {
 	var req bus.SendRequest
-	if err := json.Unmarshal(m.Data, &req); err != nil {
+	if err := bus.DecodeSendRequest(m.Data, &req); err != nil {
 		replyJSON(m, bus.SendReply{Code: protocol.CodeBadRequest, Error: "malformed send request"})
 		return
 	}
@@ -72,7 +72,9 @@ func (l *Logic) handleSend(m *nats.Msg) {
 	} else if !reply.Dup {
 		l.m.Message(immetrics.Kind(req.Group), immetrics.StageStored, 1)
 	}
-	replyJSON(m, reply)
+	if m.Reply != "" {
+		_ = m.Respond(bus.AppendSendReply(make([]byte, 0, 128), &reply))
+	}
 }
 
 func (l *Logic) send(req bus.SendRequest) bus.SendReply {
@@ -130,19 +132,14 @@ func (l *Logic) store(ctx context.Context, sm bus.StoredMessage, dedupID string)
 		}
 		sm.Seq = cs.lastSeq + 1
 		sm.TS = time.Now().UnixMilli()
-		data, err := json.Marshal(sm)
-		if err != nil {
-			return sm, false, err
-		}
+		data := bus.AppendStoredMessage(make([]byte, 0, 256+len(sm.Body)+len(sm.Trace)), &sm)
 		msg := &nats.Msg{Subject: subj, Data: data, Header: nats.Header{}}
 		msg.Header.Set(headerSeq, strconv.FormatUint(sm.Seq, 10))
 		if sm.Trace != "" {
 			msg.Header.Set(bus.HeaderTrace, sm.Trace)
 		}
 		start := time.Now()
-		ack, err := l.js.PublishMsg(ctx, msg,
-			jetstream.WithMsgID(dedupID),
-			jetstream.WithExpectLastSequencePerSubject(cs.lastStreamSeq))
+		ack, err := l.publish(ctx, msg, dedupID, cs.lastStreamSeq)
 		l.m.Stage(immetrics.LatStore, start)
 		if err != nil {
 			var apiErr *jetstream.APIError
@@ -160,7 +157,7 @@ func (l *Logic) store(ctx context.Context, sm bus.StoredMessage, dedupID string)
 				return sm, true, fmt.Errorf("load duplicate %d: %w", ack.Sequence, err)
 			}
 			var first bus.StoredMessage
-			if err := json.Unmarshal(orig.Data, &first); err != nil {
+			if err := bus.DecodeStoredMessage(orig.Data, &first); err != nil {
 				return sm, true, fmt.Errorf("decode duplicate %d: %w", ack.Sequence, err)
 			}
 			return first, true, nil
@@ -169,6 +166,26 @@ func (l *Logic) store(ctx context.Context, sm bus.StoredMessage, dedupID string)
 		return sm, false, nil
 	}
 	return sm, false, errors.New("conversation is contended; gave up")
+}
+
+// publish appends msg to the stream and waits for the store's ack. It uses
+// the asynchronous publish, whose acks come back through one subscription
+// (at most MaxInflight outstanding), rather than a request with its own
+// inbox, context and timer per message; this goroutine still waits, holding
+// the conversation, so the sequence stays serialized.
+func (l *Logic) publish(ctx context.Context, msg *nats.Msg, dedupID string, lastSubjectSeq uint64) (*jetstream.PubAck, error) {
+	fut, err := l.js.PublishMsgAsync(msg, jetstream.WithMsgID(dedupID), jetstream.WithExpectLastSequencePerSubject(lastSubjectSeq))
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case ack := <-fut.Ok():
+		return ack, nil
+	case err := <-fut.Err():
+		return nil, err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 func (l *Logic) loadConv(ctx context.Context, conv string, cs *convState) error {

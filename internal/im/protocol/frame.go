@@ -8,8 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
-	"sort"
 	"strings"
 )
 
@@ -144,19 +142,11 @@ func DecodeClientFrame(data []byte) (Frame, error) {
 	if len(data) > MaxFrameBytes {
 		return f, Errorf(CodeFrameTooLarge, "frame of %d bytes is over the limit of %d", len(data), MaxFrameBytes)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&f); err != nil {
-		var typeErr *json.UnmarshalTypeError
-		if errors.As(err, &typeErr) {
-			// The object is well-formed and was decoded as far as it goes: the
-			// error can still echo the id, so that the request is answered.
-			return f.echo(), Errorf(CodeBadFrame, "field %q has the wrong type: %v", typeErr.Field, err)
+	if !decodeFrameFast(data, &f) {
+		f = Frame{}
+		if perr := decodeFrameSlow(data, &f); perr != nil {
+			return f, perr
 		}
-		return Frame{}, Errorf(CodeBadFrame, "frame is not a valid JSON object: %v", err)
-	}
-	// Decoder.More is false for a stray '}' or ']': check the rest by hand.
-	if rest := bytes.TrimLeft(data[dec.InputOffset():], " \t\r\n"); len(rest) > 0 {
-		return Frame{}, Errorf(CodeBadFrame, "trailing data after the JSON object")
 	}
 	if f.Type == "" {
 		return f.echo(), Errorf(CodeBadFrame, "frame has no type")
@@ -168,6 +158,29 @@ func DecodeClientFrame(data []byte) (Frame, error) {
 		return f.echo(), err
 	}
 	return f, nil
+}
+
+// decodeFrameSlow is encoding/json's decoding of a client frame, for what
+// decodeFrameFast does not take, and the source of every decoding error.
+func decodeFrameSlow(data []byte, f *Frame) *Error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(f); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) {
+			// The object is well-formed and was decoded as far as it goes: the
+			// error can still echo the id, so that the request is answered.
+			*f = f.echo()
+			return Errorf(CodeBadFrame, "field %q has the wrong type: %v", typeErr.Field, err)
+		}
+		*f = Frame{}
+		return Errorf(CodeBadFrame, "frame is not a valid JSON object: %v", err)
+	}
+	// Decoder.More is false for a stray '}' or ']': check the rest by hand.
+	if rest := bytes.TrimLeft(data[dec.InputOffset():], " \t\r\n"); len(rest) > 0 {
+		*f = Frame{}
+		return Errorf(CodeBadFrame, "trailing data after the JSON object")
+	}
+	return nil
 }
 
 // echo is what a frame that failed to decode still says about itself: its
@@ -190,8 +203,11 @@ func DecodeServerFrame(data []byte) (Frame, error) {
 	if len(data) > MaxServerFrameBytes {
 		return f, Errorf(CodeFrameTooLarge, "frame of %d bytes is over the limit of %d", len(data), MaxServerFrameBytes)
 	}
-	if err := json.Unmarshal(data, &f); err != nil {
-		return Frame{}, Errorf(CodeBadFrame, "frame is not a valid JSON object: %v", err)
+	if !decodeFrameFast(data, &f) {
+		f = Frame{}
+		if err := json.Unmarshal(data, &f); err != nil {
+			return Frame{}, Errorf(CodeBadFrame, "frame is not a valid JSON object: %v", err)
+		}
 	}
 	if f.Type == "" {
 		return Frame{}, Errorf(CodeBadFrame, "frame has no type")
@@ -283,11 +299,21 @@ func ValidID(s string) bool {
 	return true
 }
 
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
-
-// ValidUser reports whether s may be a user, device or group id. The
-// alphabet keeps ids safe as NATS subject tokens and key-value keys.
-func ValidUser(s string) bool { return idPattern.MatchString(s) }
+// ValidUser reports whether s may be a user, device or group id: 1 to 64 of
+// A-Z a-z 0-9 _ -. The alphabet keeps ids safe as NATS subject tokens and
+// key-value keys.
+func ValidUser(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
 
 // Conv is a conversation: one-to-one between two users, or a group.
 type Conv struct {
@@ -297,9 +323,10 @@ type Conv struct {
 
 // DirectConv is the conversation id of the one-to-one conversation of a and b.
 func DirectConv(a, b string) string {
-	u := []string{a, b}
-	sort.Strings(u)
-	return "d=" + u[0] + "=" + u[1]
+	if b < a {
+		a, b = b, a
+	}
+	return "d=" + a + "=" + b
 }
 
 // GroupConv is the conversation id of a group.

@@ -1,0 +1,4 @@
+package bus
+
+// AckMessage is ackMessage, for the codec's fuzz test.
+type AckMessage = ackMessage

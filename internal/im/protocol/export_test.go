@@ -1,0 +1,4 @@
+package protocol
+
+// DecodeFrameFast is decodeFrameFast, for the codec's fuzz tests.
+var DecodeFrameFast = decodeFrameFast
