@@ -106,7 +106,7 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 		New:     func() (service.Service, error) { return gateway.New(cfg, nc) },
 		OnStart: func(s service.Service) { gw = s.(*gateway.Gateway); cfg.Listen = gw.Addr() }}
 	if *faults {
-		if err := startFaultAgent(g, nc, *id, faultService(true), part, cfg.Metrics, log); err != nil {
+		if cfg.Faults, err = startFaultAgent(g, nc, *id, faultService(true), part, cfg.Metrics, log); err != nil {
 			return err
 		}
 	}
@@ -172,7 +172,7 @@ func runLogic(args []string, stdout, stderr io.Writer) error {
 	}
 	part := &service.Restartable{N: "logic " + *node, New: func() (service.Service, error) { return logic.New(cfg, nc) }}
 	if *faults {
-		if err := startFaultAgent(g, nc, *node, faultService(false), part, cfg.Metrics, log); err != nil {
+		if cfg.Faults, err = startFaultAgent(g, nc, *node, faultService(false), part, cfg.Metrics, log); err != nil {
 			return err
 		}
 	}
@@ -203,17 +203,17 @@ func faultService(gateway bool) string {
 
 // startFaultAgent puts a fault agent for the one part of this process on
 // the bus, in g before the part, so that it stops after the part.
-func startFaultAgent(g *service.Group, nc *nats.Conn, name, svc string, part fault.Part, m *immetrics.Set, log *slog.Logger) error {
+func startFaultAgent(g *service.Group, nc *nats.Conn, name, svc string, part fault.Part, m *immetrics.Set, log *slog.Logger) (*fault.Injector, error) {
 	agent := fault.NewAgent(nc, log)
 	var reg prometheus.Registerer
 	if m != nil { // with the service label the rest of the set carries
 		reg = prometheus.WrapRegistererWith(prometheus.Labels{"service": svc}, m.Registry)
 	}
-	_ = agent.Register(name, svc, part, reg) // the hops take the injector once they call the fault package
+	inj := agent.Register(name, svc, part, reg)
 	if err := agent.Start(); err != nil {
-		return err
+		return nil, err
 	}
-	return g.Start(context.Background(), service.Func{N: "fault agent", StopFn: func(context.Context) error { agent.Stop(); return nil }})
+	return inj, g.Start(context.Background(), service.Func{N: "fault agent", StopFn: func(context.Context) error { agent.Stop(); return nil }})
 }
 
 func runToken(args []string, stdout, stderr io.Writer) error {

@@ -166,7 +166,7 @@ func (c *Cluster) startLogic(ctx context.Context, o Options, i int) error {
 			listen = hs.Addr() // a restart binds the same port
 		}
 	}}
-	c.registerFaults(name, fault.ServiceLogic, part, cfg.Metrics)
+	cfg.Faults = c.registerFaults(name, fault.ServiceLogic, part, cfg.Metrics)
 	return c.group.Start(ctx, part)
 }
 
@@ -197,7 +197,7 @@ func (c *Cluster) startGateway(ctx context.Context, o Options, i int, listen str
 		c.Gateways[slot] = g
 		cfg.Listen = g.Addr() // a restart binds the same port
 	}}
-	c.registerFaults(id, fault.ServiceGateway, part, cfg.Metrics)
+	cfg.Faults = c.registerFaults(id, fault.ServiceGateway, part, cfg.Metrics)
 	return c.group.Start(ctx, part)
 }
 
@@ -211,7 +211,6 @@ func (c *Cluster) registerFaults(name, svc string, part fault.Part, m *immetrics
 	if m != nil { // with the service label the rest of the set carries
 		reg = prometheus.WrapRegistererWith(prometheus.Labels{"service": svc}, m.Registry)
 	}
-	// The hops take the injector once they call the fault package.
 	return c.FaultAgent.Register(name, svc, part, reg)
 }
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/imwatch/imwatch/internal/fault"
 	"github.com/imwatch/imwatch/internal/im/bus"
 	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/protocol"
@@ -328,6 +329,9 @@ func (c *conn) handle(f protocol.Frame) {
 	case protocol.TypeAuth:
 		c.sendError(f.ID, protocol.Errorf(protocol.CodeBadRequest, "already authenticated"))
 	case protocol.TypeSend:
+		if c.g.cfg.Faults.Hold(fault.HopGatewayReceive) {
+			return // a fault dropped it: no send-ack
+		}
 		c.forwardSend(f)
 	case protocol.TypeDeliverAck:
 		c.forwardAck(f)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/imwatch/imwatch/internal/fault"
 	"github.com/imwatch/imwatch/internal/im/bus"
 	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/protocol"
@@ -41,6 +42,8 @@ type Config struct {
 	Log            *slog.Logger
 	// Metrics is the IM metric set, served on /metrics beside /ws; nil switches metrics off.
 	Metrics *immetrics.Set
+	// Faults are the faults in force at this gateway's hops (internal/fault); nil: none.
+	Faults *fault.Injector
 }
 
 // DefaultConfig returns a gateway's defaults for id and listen.
@@ -358,6 +361,13 @@ func (g *Gateway) Conns() int {
 }
 
 func (g *Gateway) handleDeliver(m *nats.Msg) {
+	if g.cfg.Faults.Defer(fault.HopGatewayPush, func() { g.deliverMsg(m) }) {
+		return // a fault dropped it, or holds it for a while
+	}
+	g.deliverMsg(m)
+}
+
+func (g *Gateway) deliverMsg(m *nats.Msg) {
 	start := time.Now()
 	var d bus.Deliver
 	if err := bus.DecodeDeliver(m.Data, &d); err != nil {

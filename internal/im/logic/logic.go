@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/imwatch/imwatch/internal/fault"
 	"github.com/imwatch/imwatch/internal/im/bus"
 	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/protocol"
@@ -30,6 +31,8 @@ type Config struct {
 	MaxInflight int           // requests handled at once; more are refused as overloaded
 	Log         *slog.Logger
 	Metrics     *immetrics.Set // the IM metric set; nil switches metrics off
+	// Faults are the faults in force at this node's hops (internal/fault); nil: none.
+	Faults *fault.Injector
 }
 
 // DefaultConfig returns the defaults of a logic node named node.

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/imwatch/imwatch/internal/fault"
 	"github.com/imwatch/imwatch/internal/im/bus"
 	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/protocol"
@@ -65,6 +66,9 @@ func (l *Logic) handleSend(m *nats.Msg) {
 	if req.Trace == "" {
 		req.Trace = m.Header.Get(bus.HeaderTrace)
 	}
+	if l.cfg.Faults.Hold(fault.HopLogicHandle) {
+		return // a fault dropped it: no answer
+	}
 	l.m.Request("send")
 	reply := l.send(req)
 	if reply.Code != "" {
@@ -106,6 +110,9 @@ func (l *Logic) send(req bus.SendRequest) bus.SendReply {
 		Probe:      req.Probe,
 		Trace:      req.Trace,
 		RecvNS:     req.RecvNS,
+	}
+	if l.cfg.Faults.Hold(fault.HopStoreAppend) { // a fault: the store refuses, as a failed append does
+		return bus.SendReply{Code: protocol.CodeUnavailable, Error: "message could not be stored; retry"}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
