@@ -112,8 +112,9 @@ type faultCase struct {
 // fault the right alert fires (and the probe alerts of the location the
 // fault does not touch do not), and it resolves after the fault is
 // cleared. A round injects faults at both gateways at once, or one at the
-// logic node, which both locations go through. In the first round the UI's
-// Services page marks the instance at fault, and only it.
+// logic node, which both locations go through. In the last round the UI's
+// Services page marks the instance at fault, and only it, and the overview
+// shows the earlier faults on its time axis.
 func TestFaultsAgainstUp(t *testing.T) {
 	up := startUp(t, t.TempDir())
 	m := regexp.MustCompile(`center: +(http://\S+)`).FindStringSubmatch(up.stdout())
@@ -142,10 +143,6 @@ func TestFaultsAgainstUp(t *testing.T) {
 		quiet  []alertSel // must not fire meanwhile
 		ui     string     // the instance the Services page must mark, alone
 	}{
-		{"drop at gw-1's receive", []faultCase{
-			{spec: "drop --hop gateway.receive --instance gw-1 --duration 2m", cli: true, alert: fastRounds("up-gw-1", "ack_timeout"),
-				lastSpan: "im.gateway.receive", lastInstance: "gw-1"},
-		}, []alertSel{{"IMProbeRoundFailed", map[string]string{"location": "up-gw-2"}}}, "gw-1"},
 		{"stop gw-1, blackhole gw-2", []faultCase{
 			{spec: `{"kind":"stop","instance":"gw-1","duration":"2m"}`, alert: fastRounds("up-gw-1", "connect")},
 			{spec: `{"kind":"blackhole","instance":"gw-2","duration":"2m"}`, alert: fastRounds("up-gw-2", "delivery_timeout"),
@@ -156,7 +153,7 @@ func TestFaultsAgainstUp(t *testing.T) {
 			{spec: `{"kind":"drop","hop":"gateway.push","instance":"gw-2","duration":"2m"}`, alert: fastRounds("up-gw-2", "delivery_timeout")},
 		}, []alertSel{{"IMProbeRoundFailed", map[string]string{"location": "up-gw-1"}}}, ""},
 		{"drop at logic-1's store append", []faultCase{
-			{spec: `{"kind":"drop","hop":"store.append","instance":"logic-1","duration":"2m"}`, alert: fastRounds("up-gw-2", "send"),
+			{spec: `{"kind":"drop","hop":"store.append","instance":"logic-1","duration":"2m"}`, alert: fastRounds("up-gw-2", "ack_timeout"),
 				lastSpan: "im.store.append", lastInstance: "logic-1"},
 		}, nil, ""},
 		{"latency at logic-1's handle", []faultCase{
@@ -166,6 +163,10 @@ func TestFaultsAgainstUp(t *testing.T) {
 			{spec: `{"kind":"stop","instance":"logic-1","duration":"2m"}`, alert: fastRounds("up-gw-1", "ack_timeout"),
 				lastSpan: "im.gateway.receive", lastInstance: "gw-1"},
 		}, nil, ""},
+		{"drop at gw-1's receive", []faultCase{
+			{spec: "drop --hop gateway.receive --instance gw-1 --duration 2m", cli: true, alert: fastRounds("up-gw-1", "ack_timeout"),
+				lastSpan: "im.gateway.receive", lastInstance: "gw-1"},
+		}, []alertSel{{"IMProbeRoundFailed", map[string]string{"location": "up-gw-2"}}}, "gw-1"},
 	}
 	var b *uitest.Browser
 	for _, r := range rounds {
@@ -285,7 +286,7 @@ func checkMarked(t *testing.T, b *uitest.Browser, base, inst string) {
 	}
 	dir := uitest.ArtifactsDir(t)
 	b.Screenshot(dir, "services-at-fault")
-	b.Open(base+"/#/overview?range=15m", "overview", 60*time.Second)
+	b.Open(base+"/#/overview?range=5m", "overview", 60*time.Second)
 	png := b.Screenshot(dir, "overview-with-fault")
 	if dst := os.Getenv("IMWATCH_OVERVIEW_PNG"); dst != "" {
 		data, err := os.ReadFile(png)
