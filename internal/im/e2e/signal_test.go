@@ -262,3 +262,37 @@ func TestUpSmoke(t *testing.T) {
 		t.Errorf("imwatch up took %s to stop with clients connected, want under %s", took.Round(time.Millisecond), stopWithin)
 	}
 }
+
+// TestGatewayStopWithSilentClient stops a gateway while a client holds a
+// WebSocket open and never reads, so it never answers the close frame (one
+// gone without closing its socket), and another has connected but not sent
+// its upgrade request yet (one still dialling). The gateway gives both a
+// second and then drops them: it must not wait out its write timeout (10 s)
+// or the HTTP server's 5 s for new connections.
+func TestGatewayStopWithSilentClient(t *testing.T) {
+	n := imtest.StartNATSServer(t)
+	listen := "127.0.0.1:" + strconv.Itoa(imtest.FreePort(t))
+	p := startProc(t, "gw-silent", "im", "gateway", "--nats", n.URL, "--listen", listen, "--id", "gw-silent", "--secret", string(imtest.Secret))
+	p.waitLine("listening on ws://"+listen+"/ws", 30*time.Second)
+	ctx := ctxT(t, 30*time.Second)
+	ws, _, err := websocket.Dial(ctx, wsURL(listen), nil)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer ws.CloseNow()
+	// And one still dialling: connected, its HTTP request not sent yet.
+	tcp, err := net.Dial("tcp", listen)
+	if err != nil {
+		t.Fatalf("dial tcp: %v", err)
+	}
+	defer tcp.Close()
+	t0 := time.Now()
+	p.signal(syscall.SIGTERM)
+	code := p.wait(3 * stopWithin)
+	if took := time.Since(t0); took > 4*time.Second {
+		t.Errorf("gateway took %s to stop after SIGTERM with a client that never answers the close frame, want about 2 s (the two stop graces)", took.Round(time.Millisecond))
+	}
+	if code != 0 {
+		t.Errorf("gateway exited with code %d, want 0", code)
+	}
+}

@@ -1,10 +1,12 @@
 package gateway
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"sync"
@@ -23,6 +25,7 @@ import (
 const (
 	maxPendingAcks = 4096 // deliveries awaiting a deliver_ack, per connection
 	writeTimeout   = 10 * time.Second
+	stopGrace      = time.Second // Stop waits this long for close handshakes
 	// A connection that has floodLimit frames dropped for rate within one
 	// floodWindow is closed: it is flooding, not just bursting.
 	floodLimit  = 2000
@@ -93,7 +96,8 @@ func (q *outQueue) written(n int) {
 type conn struct {
 	g      *Gateway
 	ws     *websocket.Conn
-	user   string // set once by the read loop on auth
+	raw    net.Conn // the hijacked socket under ws: closing it ends a close handshake that waits
+	user   string   // set once by the read loop on auth
 	device string
 	authed atomic.Bool // user is set; read by the sweeper
 	start  time.Time   // accepted; the auth timeout counts from here
@@ -120,7 +124,8 @@ type conn struct {
 }
 
 func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	hw := &hijackRecorder{ResponseWriter: w}
+	ws, err := websocket.Accept(hw, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
 	if err != nil {
 		g.log.Debug("websocket accept failed", "err", err)
 		return
@@ -129,6 +134,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	c := &conn{
 		g:        g,
 		ws:       ws,
+		raw:      hw.conn,
 		start:    time.Now(),
 		closed:   make(chan struct{}),
 		limiter:  rate.NewLimiter(rate.Limit(g.cfg.RateLimit), g.cfg.RateBurst),
@@ -621,4 +627,31 @@ func (c *conn) writeBatch(frames []outFrame) bool {
 	}
 	c.out.written(len(frames))
 	return true
+}
+
+// hijackRecorder keeps the socket the WebSocket library hijacks, so that
+// Stop can drop a connection whose close handshake is waiting for a peer that
+// does not answer: the library's CloseNow waits for such a handshake (up to
+// 5 s) instead of closing.
+type hijackRecorder struct {
+	http.ResponseWriter
+	conn net.Conn
+}
+
+func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := h.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("the response writer cannot be hijacked")
+	}
+	c, rw, err := hj.Hijack()
+	h.conn = c
+	return c, rw, err
+}
+
+// drop closes the connection's socket at once, handshake or not.
+func (c *conn) drop() {
+	if c.raw != nil {
+		_ = c.raw.Close()
+	}
+	_ = c.ws.CloseNow()
 }

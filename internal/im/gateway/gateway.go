@@ -257,7 +257,13 @@ func (g *Gateway) sweepLoop() {
 // Stop closes every connection with "going away" so that clients reconnect
 // to another gateway, withdraws presence and stops.
 func (g *Gateway) Stop(ctx context.Context) error {
-	_ = g.http.Shutdown(ctx)
+	// Shutdown waits up to 5 s for a connection that has not sent its
+	// request yet (a client still dialling): give it stopGrace, then close.
+	sctx, cancelShutdown := context.WithTimeout(ctx, stopGrace)
+	if err := g.http.Shutdown(sctx); err != nil {
+		_ = g.http.Close()
+	}
+	cancelShutdown()
 	close(g.stopLive)
 	<-g.liveDone
 	<-g.sweepDone
@@ -273,8 +279,23 @@ func (g *Gateway) Stop(ctx context.Context) error {
 	}
 	done := make(chan struct{})
 	go func() { g.wg.Wait(); close(done) }()
+	// A client that does not answer the close frame (one still dialling, or
+	// gone without closing its socket) would hold the stop for writeTimeout:
+	// give the handshakes stopGrace, then drop what is left.
+	grace := time.NewTimer(stopGrace)
+	defer grace.Stop()
 	select {
 	case <-done:
+	case <-grace.C:
+		g.mu.Lock()
+		for c := range g.live {
+			c.drop()
+		}
+		g.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+		}
 	case <-ctx.Done():
 	}
 	g.acks.stop() // sends what the connections acknowledged last
