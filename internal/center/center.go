@@ -66,6 +66,7 @@ type Center struct {
 	ui       *ui.Handler
 	mux      *http.ServeMux
 	token    atomic.Pointer[string]
+	faults   *faultSide
 	traces   *traceSide
 
 	ln       net.Listener
@@ -188,6 +189,7 @@ func (c *Center) Start(ctx context.Context) (err error) {
 
 	c.scraper = scrape.NewManager(c.store, c.reg, c.base.With("component", "scrape"))
 	c.scraper.ApplyConfig(cfg.Scrape, c.extra)
+	c.startFaults()
 
 	c.ui, err = ui.New(ui.Options{Has: c.hasRoute, Auth: func() bool { return c.token.Load() != nil }})
 	if err != nil {
@@ -229,6 +231,7 @@ func (c *Center) cleanupFailedStart() {
 	if c.writers != nil {
 		c.writers.Stop(context.Background())
 	}
+	c.stopFaults()
 	_ = c.stopTraces()
 	if c.store != nil {
 		_ = c.store.Close()
@@ -258,6 +261,7 @@ func (c *Center) Stop(ctx context.Context) error {
 		c.rules.Stop()
 		c.notifier.Stop()
 		c.writers.Stop(ctx)
+		c.stopFaults()
 		if err := c.stopTraces(); err != nil {
 			errs = append(errs, err)
 		}
@@ -484,6 +488,7 @@ func (c *Center) routes() http.Handler {
 	mux := http.NewServeMux()
 	auth := c.requireToken
 	c.api.Register(mux, auth)
+	c.faultRoutes(mux, auth)
 	c.traceRoutes(mux, auth)
 	mux.Handle("POST /api/v1/write", auth(c.receiver))
 	mux.Handle("/api/v1/write", auth(c.receiver)) // 405 for other methods

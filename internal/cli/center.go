@@ -11,7 +11,9 @@ import (
 
 	"github.com/imwatch/imwatch/internal/center"
 	"github.com/imwatch/imwatch/internal/center/config"
+	"github.com/imwatch/imwatch/internal/fault"
 	"github.com/imwatch/imwatch/internal/service"
+	"github.com/nats-io/nats.go"
 )
 
 // centerStartTimeout allows for replaying a large write-ahead log.
@@ -24,6 +26,7 @@ func runCenter(args []string, stdout, stderr io.Writer) error {
 	file := fs.String("config", "", "config file (YAML, see docs/center.md); without it the defaults are used")
 	listen := fs.String("listen", config.DefaultListen, "address of the HTTP API")
 	check := fs.Bool("config.check", false, "check the config, its rule files and token files, then exit")
+	faultsNATS := fs.String("faults-nats", "", "URL of the IM's NATS: take faults (POST /api/faults) and hand them to the IM parts run with --faults (docs/faults.md)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -49,6 +52,18 @@ func runCenter(args []string, stdout, stderr io.Writer) error {
 	c, err := center.New(cfg, log)
 	if err != nil {
 		return err
+	}
+	if *faultsNATS != "" {
+		nc, err := nats.Connect(*faultsNATS, nats.Name("imwatch center faults"), nats.MaxReconnects(-1))
+		if err != nil {
+			return fmt.Errorf("--faults-nats %s: %w", *faultsNATS, err)
+		}
+		defer nc.Close() // after the center stopped: its stop clears the faults through it
+		ctl, err := fault.NewNATSController(nc, log)
+		if err != nil {
+			return err
+		}
+		c.EnableFaults(ctl)
 	}
 	// Signals are caught from here on: one that arrives while the center
 	// starts, or just after it said so, is handled, never the default action.

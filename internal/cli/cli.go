@@ -31,6 +31,7 @@ Usage:
   imwatch agent [flags]           serve this host's system metrics on /metrics
   imwatch trace MSGID [flags]     print a message's trace as a waterfall (from the center)
   imwatch probe --config FILE     probe IM links (imwatch, XMPP, MQTT) with probe accounts
+  imwatch fault add|list|clear    inject faults into the IM through the center, list and clear them
   imwatch version                 print the version
 
 Run 'imwatch COMMAND --help' for a command's flags.
@@ -56,6 +57,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		err = runTrace(args[1:], stdout, stderr)
 	case "probe":
 		err = runProbe(args[1:], stdout, stderr)
+	case "fault":
+		err = runFault(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "imwatch %s\n", versionString())
 		return 0

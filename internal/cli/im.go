@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/imwatch/imwatch/internal/fault"
 	"github.com/imwatch/imwatch/internal/im/bus"
 	"github.com/imwatch/imwatch/internal/im/cluster"
 	"github.com/imwatch/imwatch/internal/im/gateway"
@@ -16,6 +17,8 @@ import (
 	"github.com/imwatch/imwatch/internal/im/logic"
 	"github.com/imwatch/imwatch/internal/im/protocol"
 	"github.com/imwatch/imwatch/internal/service"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 const stopTimeout = 15 * time.Second
@@ -63,6 +66,7 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	idle := fs.Duration("idle-timeout", 60*time.Second, "close a connection that sends nothing for this long")
 	rateLimit := fs.Float64("rate", 200, "frames per second allowed per connection")
 	metrics := fs.Bool("metrics", true, "serve the IM metric set on /metrics beside /ws")
+	faults := fs.Bool("faults", false, "take faults from the center over NATS (docs/faults.md)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -102,13 +106,22 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 		cfg.Metrics = immetrics.New("gateway")
 		cfg.Metrics.Tracing(tr)
 	}
-	gw, err := gateway.New(cfg, nc)
-	if err != nil {
+	if _, err := gateway.New(cfg, nc); err != nil {
 		return usageError{err}
+	}
+	// A part that a stop fault can stop and start again on its address.
+	var gw *gateway.Gateway
+	part := &service.Restartable{N: "gateway " + *id,
+		New:     func() (service.Service, error) { return gateway.New(cfg, nc) },
+		OnStart: func(s service.Service) { gw = s.(*gateway.Gateway); cfg.Listen = gw.Addr() }}
+	if *faults {
+		if cfg.Faults, err = startFaultAgent(g, nc, *id, faultService(true), part, cfg.Metrics, log); err != nil {
+			return err
+		}
 	}
 	ctx, cancel := context.WithTimeout(sig, 30*time.Second)
 	defer cancel()
-	if err := g.Start(ctx, gw); err != nil {
+	if err := g.Start(ctx, part); err != nil {
 		if sig.Err() != nil {
 			log.Info("stopped during start-up", "signal", stopReason(sig))
 			return g.Stop(stopTimeout)
@@ -134,6 +147,7 @@ func runLogic(args []string, stdout, stderr io.Writer) error {
 	node := fs.String("node", "logic-1", "node name, unique among logic nodes")
 	ackTimeout := fs.Duration("ack-timeout", 2*time.Second, "push a message again when a device has not acknowledged it in this time")
 	metricsListen := fs.String("metrics-listen", "127.0.0.1:7090", "address of the IM metric set's /metrics (empty: metrics off)")
+	faults := fs.Bool("faults", false, "take faults from the center over NATS (docs/faults.md)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -170,13 +184,18 @@ func runLogic(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	l, err := logic.New(cfg, nc)
-	if err != nil {
+	if _, err := logic.New(cfg, nc); err != nil {
 		return usageError{err}
+	}
+	part := &service.Restartable{N: "logic " + *node, New: func() (service.Service, error) { return logic.New(cfg, nc) }}
+	if *faults {
+		if cfg.Faults, err = startFaultAgent(g, nc, *node, faultService(false), part, cfg.Metrics, log); err != nil {
+			return err
+		}
 	}
 	ctx, cancel := context.WithTimeout(sig, 30*time.Second)
 	defer cancel()
-	if err := g.Start(ctx, l); err != nil {
+	if err := g.Start(ctx, part); err != nil {
 		if sig.Err() != nil {
 			log.Info("stopped during start-up", "signal", stopReason(sig))
 			return g.Stop(stopTimeout)
@@ -190,6 +209,28 @@ func runLogic(args []string, stdout, stderr io.Writer) error {
 	<-sig.Done()
 	log.Info("stopping", "signal", stopReason(sig))
 	return g.Stop(stopTimeout)
+}
+
+func faultService(gateway bool) string {
+	if gateway {
+		return fault.ServiceGateway
+	}
+	return fault.ServiceLogic
+}
+
+// startFaultAgent puts a fault agent for the one part of this process on
+// the bus, in g before the part, so that it stops after the part.
+func startFaultAgent(g *service.Group, nc *nats.Conn, name, svc string, part fault.Part, m *immetrics.Set, log *slog.Logger) (*fault.Injector, error) {
+	agent := fault.NewAgent(nc, log)
+	var reg prometheus.Registerer
+	if m != nil { // with the service label the rest of the set carries
+		reg = prometheus.WrapRegistererWith(prometheus.Labels{"service": svc}, m.Registry)
+	}
+	inj := agent.Register(name, svc, part, reg)
+	if err := agent.Start(); err != nil {
+		return nil, err
+	}
+	return inj, g.Start(context.Background(), service.Func{N: "fault agent", StopFn: func(context.Context) error { agent.Stop(); return nil }})
 }
 
 func runToken(args []string, stdout, stderr io.Writer) error {

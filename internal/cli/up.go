@@ -16,8 +16,11 @@ import (
 	"github.com/imwatch/imwatch/internal/agent"
 	"github.com/imwatch/imwatch/internal/center"
 	"github.com/imwatch/imwatch/internal/center/config"
+	"github.com/imwatch/imwatch/internal/fault"
+	"github.com/imwatch/imwatch/internal/im/chatsim"
 	"github.com/imwatch/imwatch/internal/im/cluster"
 	"github.com/imwatch/imwatch/rules"
+	"github.com/nats-io/nats.go"
 )
 
 func runUp(args []string, stdout, stderr io.Writer) error {
@@ -37,9 +40,18 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 	listen := fs.String("listen", config.DefaultListen, "address of the monitoring center (Prometheus-compatible API)")
 	agentListen := fs.String("agent-listen", agent.DefaultListen, "address of this host's system metrics (imwatch agent); empty: no agent")
 	logicMetrics := fs.String("logic-metrics-listen", "127.0.0.1:7090", "address of the logic node's /metrics")
+	users := fs.Int("users", 20, "simulated users chatting one-to-one and in groups (0: none)")
+	rate := fs.Float64("rate", 5, "messages per second the simulated users send together")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	if *users == 1 || *users < 0 || *users > chatsim.MaxUsers {
+		return usagef("--users %d: want 0 (none) or 2 to %d", *users, chatsim.MaxUsers)
+	}
+	if !(*rate >= 0 && *rate <= chatsim.MaxRate) {
+		return usagef("--rate %g: want 0 to %d messages per second", *rate, chatsim.MaxRate)
+	}
+	began := time.Now()
 	log, err := lf.logger(stderr)
 	if err != nil {
 		return err
@@ -72,7 +84,7 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 	c, err := cluster.Start(ctx, cluster.Options{
 		DataDir: *data, NATSURL: *natsURL, NATSListen: *natsListen,
 		GatewayListen: []string{*gwListen, gw2}, LogicNodes: 1, Secret: secret, Log: log,
-		Metrics: true, LogicMetricsListen: *logicMetrics, Tracing: tracing,
+		Metrics: true, LogicMetricsListen: *logicMetrics, Tracing: tracing, Faults: true,
 	})
 	if err != nil {
 		if sig.Err() != nil { // cluster.Start stopped what it had started
@@ -96,7 +108,7 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("agent: %w", err)
 		}
 	}
-	cen, err := startUpCenter(ctx, *listen, *data, c, as, log)
+	cen, faultConn, err := startUpCenter(ctx, *listen, *data, c, as, log)
 	if err != nil {
 		if as != nil {
 			as.Stop(context.Background())
@@ -109,16 +121,25 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	probers, err := startUpProbers(ctx, *data, cen.URL(), c, secret, log)
+	var sim *chatsim.Sim
+	if err == nil && *users > 0 {
+		sim, err = chatsim.Start(ctx, chatsim.Config{URLs: c.URLs(), Secret: secret, Users: *users, Rate: *rate, Log: log})
+		if err != nil {
+			err = errors.Join(err, stopUpProbers(context.Background(), probers))
+		}
+	}
 	if err != nil {
 		sctx, scancel := context.WithTimeout(context.Background(), stopTimeout)
 		defer scancel()
 		cen.Stop(sctx)
+		faultConn.Close()
 		if as != nil {
 			as.Stop(sctx)
 		}
 		c.Stop(stopTimeout)
 		return err
 	}
+	log.Info("imwatch up ready", "took", time.Since(began).Round(time.Millisecond))
 	fmt.Fprintf(stdout, "imwatch is up.\n")
 	fmt.Fprintf(stdout, "  center:    %s  (Prometheus API: %s/api/v1/query)\n", cen.URL(), cen.URL())
 	fmt.Fprintf(stdout, "  traces:    OTLP/HTTP %s/v1/traces, queries %s/api/traces, imwatch trace MSGID\n", cen.URL(), cen.URL())
@@ -138,10 +159,16 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "  agent:     http://%s/metrics\n", as.Addr())
 	}
 	fmt.Fprintf(stdout, "  probes:    %d locations (up-gw-1, up-gw-2), every %s, results in the center\n", len(probers), upProbeInterval)
+	if sim != nil {
+		fmt.Fprintf(stdout, "  users:     %d simulated users chatting one-to-one and in groups, %g messages/s\n", *users, *rate)
+	}
 	fmt.Fprintf(stdout, "  secret:    %s\n  data:      %s\n", secretFrom, *data)
-	fmt.Fprintf(stdout, "Get a token with: imwatch im token --data %s --user alice\nStop with Ctrl-C.\n", *data)
+	printUpGuide(stdout, cen.URL(), *data)
 	<-sig.Done()
 	log.Info("stopping", "signal", stopReason(sig))
+	if sim != nil {
+		sim.Stop()
+	}
 	// The center first, so that it does not scrape parts already stopped;
 	// it flushes its store on the way.
 	sctx, scancel := context.WithTimeout(context.Background(), stopTimeout)
@@ -153,6 +180,7 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 	_ = c.FlushTracing(fctx)
 	fcancel()
 	errs = append(errs, cen.Stop(sctx))
+	faultConn.Close()
 	if as != nil {
 		errs = append(errs, as.Stop(sctx))
 	}
@@ -188,32 +216,51 @@ func flagSet(fs *flag.FlagSet, name string) bool {
 // startUpCenter runs the center of `imwatch up`: its store under DATA/tsdb, the
 // default rules installed under DATA/rules/default, and every part that up
 // started as a scrape target.
-func startUpCenter(ctx context.Context, listen, data string, c *cluster.Cluster, as *agent.Server, log *slog.Logger) (*center.Center, error) {
+//
+// The center takes faults and hands them to the IM over NATS; the
+// returned connection is the one it does that on, for the caller to close
+// once the center stopped (Stop clears the faults through it).
+func startUpCenter(ctx context.Context, listen, data string, c *cluster.Cluster, as *agent.Server, log *slog.Logger) (*center.Center, *nats.Conn, error) {
 	ruleDir := filepath.Join(data, "rules", "default")
 	if err := installRules(ruleDir); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cfg := config.Default()
 	cfg.Listen = listen
 	cfg.Storage.Path = filepath.Join(data, "tsdb")
 	cfg.RuleFiles = []string{filepath.Join(ruleDir, "*.yml"), filepath.Join(data, "rules", "*.yml")}
+	// instance is the part's name (gw-1, logic-1), the name faults, spans
+	// and the UI use for it too, rather than its address.
 	for _, g := range c.Gateways {
-		cfg.Scrape.Targets = append(cfg.Scrape.Targets, config.Target{URL: "http://" + g.Addr() + "/metrics", Labels: map[string]string{"job": "imwatch-gateway"}})
+		cfg.Scrape.Targets = append(cfg.Scrape.Targets, config.Target{URL: "http://" + g.Addr() + "/metrics", Labels: map[string]string{"job": "imwatch-gateway", "instance": g.ID()}})
 	}
-	for _, m := range c.LogicMetrics {
-		cfg.Scrape.Targets = append(cfg.Scrape.Targets, config.Target{URL: "http://" + m.Addr() + "/metrics", Labels: map[string]string{"job": "imwatch-logic"}})
+	for i, m := range c.LogicMetrics {
+		cfg.Scrape.Targets = append(cfg.Scrape.Targets, config.Target{URL: "http://" + m.Addr() + "/metrics", Labels: map[string]string{"job": "imwatch-logic", "instance": fmt.Sprintf("logic-%d", i+1)}})
 	}
 	if as != nil {
 		cfg.Scrape.Targets = append(cfg.Scrape.Targets, config.Target{URL: "http://" + as.Addr() + "/metrics", Labels: map[string]string{"job": "imwatch-agent"}})
 	}
 	cen, err := center.New(cfg, log)
 	if err != nil {
-		return nil, fmt.Errorf("center: %w", err)
+		return nil, nil, fmt.Errorf("center: %w", err)
 	}
+	// Faults go to the IM parts over the bus, as they would to parts in
+	// other processes (docs/protocol.md, Faults).
+	nc, err := nats.Connect(c.NATSURL, nats.Name("imwatch center faults"), nats.MaxReconnects(-1))
+	if err != nil {
+		return nil, nil, fmt.Errorf("center: faults: %w", err)
+	}
+	ctl, err := fault.NewNATSController(nc, log)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("center: %w", err)
+	}
+	cen.EnableFaults(ctl)
 	if err := cen.Start(ctx); err != nil {
-		return nil, fmt.Errorf("center: %w", err)
+		nc.Close()
+		return nil, nil, fmt.Errorf("center: %w", err)
 	}
-	return cen, nil
+	return cen, nc, nil
 }
 
 // installRules writes the default rule files, replacing older copies: the
@@ -236,4 +283,18 @@ func installRules(dir string) error {
 		}
 	}
 	return nil
+}
+
+// printUpGuide tells a new user where to look and how to break the link.
+func printUpGuide(w io.Writer, centerURL, data string) {
+	fmt.Fprintf(w, `
+Open %[1]s/ in a browser: the overview fills within about 10 s.
+Break the link on purpose and watch imwatch find it (docs/faults.md):
+  imwatch fault add drop --hop gateway.receive --instance gw-1 --duration 2m
+  imwatch fault list                 # then: imwatch fault clear ID
+The alert IMProbeRoundFailed fires within about 10 s (Alerts page); the failed
+probe round links to its trace (Probes page).
+Get a token with: imwatch im token --data %[2]s --user alice
+Stop with Ctrl-C.
+`, centerURL, data)
 }

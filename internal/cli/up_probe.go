@@ -16,6 +16,11 @@ import (
 // upProbeInterval is how often the probers of `imwatch up` send.
 const upProbeInterval = 5 * time.Second
 
+// upPushInterval is how often they hand their results to the center: a
+// failed round reaches the rules within about a second (docs/faults.md,
+// time to detect).
+const upPushInterval = time.Second
+
 // startUpProbers runs the probers of `imwatch up`: one per gateway, each a
 // location of its own ("up-gw-1", "up-gw-2") with a probe account sending to
 // itself through its gateway every 5 s, results into the center at
@@ -29,6 +34,7 @@ func startUpProbers(ctx context.Context, data, centerURL string, c *cluster.Clus
 		cfg.Buffer = filepath.Join(data, "probe-buffer", loc)
 		cfg.BufferMaxSize = 64 << 20
 		cfg.Center.URL = centerURL
+		cfg.Center.PushInterval = config.Duration(upPushInterval)
 		cfg.Targets = []probe.Target{{
 			Name: "imwatch-up", Protocol: probe.ProtoIMWatch, Address: u, Secret: secret,
 			Interval: config.Duration(upProbeInterval), Timeout: config.Duration(probe.DefaultTimeout),

@@ -15,6 +15,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -43,6 +44,10 @@ type fakeCenter struct {
 	traceCalls atomic.Int64
 	queries    atomic.Int64 // instant queries answered
 	limits     atomic.Value // the last limit parameter of a range query
+
+	faultMu sync.Mutex
+	faults  []map[string]any // the fault API's list, newest added last
+	posted  []map[string]any // bodies of POST /api/faults
 }
 
 func startFake(t *testing.T, withTraces bool) *fakeCenter {
@@ -189,6 +194,63 @@ func startFake(t *testing.T, withTraces bool) *fakeCenter {
 			}}})
 		})
 	}
+	if withTraces { // the fault API, in the shapes of docs/center.md
+		now := time.Now()
+		f.faults = []map[string]any{
+			{"id": "f1-1", "kind": "drop", "hop": "gateway.receive", "instance": "gw-2", "percent": 100, "duration": "5m", "state": "active",
+				"start": now.Add(-2 * time.Minute).Format(time.RFC3339Nano), "until": now.Add(3 * time.Minute).Format(time.RFC3339Nano), "applied": true},
+			{"id": "f1-0", "kind": "stop", "instance": "logic-1", "duration": "1m", "state": "cleared",
+				"start": now.Add(-20 * time.Minute).Format(time.RFC3339Nano), "until": now.Add(-19 * time.Minute).Format(time.RFC3339Nano),
+				"end": now.Add(-19*time.Minute - 30*time.Second).Format(time.RFC3339Nano), "applied": false},
+		}
+		instances := []any{
+			map[string]any{"name": "gw-1", "service": "gateway", "kinds": []string{"drop", "latency", "blackhole", "stop"}},
+			map[string]any{"name": "gw-2", "service": "gateway", "kinds": []string{"drop", "latency", "blackhole", "stop"}},
+			map[string]any{"name": "logic-1", "service": "logic", "kinds": []string{"drop", "latency", "stop"}},
+		}
+		mux.HandleFunc("GET /api/faults", func(w http.ResponseWriter, r *http.Request) {
+			f.faultMu.Lock()
+			defer f.faultMu.Unlock()
+			writeJSON(w, map[string]any{"faults": f.faults, "instances": instances})
+		})
+		mux.HandleFunc("POST /api/faults", func(w http.ResponseWriter, r *http.Request) {
+			var spec map[string]any
+			if err := json.NewDecoder(r.Body).Decode(&spec); err != nil || r.Header.Get("Content-Type") != "application/json" {
+				w.WriteHeader(http.StatusBadRequest)
+				writeJSON(w, map[string]any{"status": "error", "errorType": "bad_data", "error": "bad body"})
+				return
+			}
+			f.faultMu.Lock()
+			defer f.faultMu.Unlock()
+			f.posted = append(f.posted, spec)
+			if spec["instance"] == "gw-1" && spec["kind"] == "blackhole" { // refused, with HTML in the reason
+				w.WriteHeader(http.StatusConflict)
+				writeJSON(w, map[string]any{"status": "error", "errorType": "conflict", "error": "fault conflicts " + evil})
+				return
+			}
+			nf := map[string]any{"id": fmt.Sprintf("f1-%d", len(f.faults)+1), "state": "active", "applied": false,
+				"start": time.Now().Format(time.RFC3339Nano), "until": time.Now().Add(2 * time.Minute).Format(time.RFC3339Nano)}
+			for k, v := range spec {
+				nf[k] = v
+			}
+			f.faults = append([]map[string]any{nf}, f.faults...)
+			w.WriteHeader(http.StatusCreated)
+			writeJSON(w, map[string]any{"fault": nf})
+		})
+		mux.HandleFunc("DELETE /api/faults/{id}", func(w http.ResponseWriter, r *http.Request) {
+			f.faultMu.Lock()
+			defer f.faultMu.Unlock()
+			for _, x := range f.faults {
+				if x["id"] == r.PathValue("id") {
+					x["state"], x["end"] = "cleared", time.Now().Format(time.RFC3339Nano)
+					writeJSON(w, map[string]any{"fault": x})
+					return
+				}
+			}
+			w.WriteHeader(http.StatusNotFound)
+			writeJSON(w, map[string]any{"status": "error", "errorType": "not_found", "error": "no such fault"})
+		})
+	}
 	h, err := ui.New(ui.Options{Has: func(m, p string) bool {
 		_, pat := mux.Handler(httptest.NewRequest(m, p, nil))
 		return pat != ""
@@ -273,7 +335,7 @@ func TestPagesAgainstContract(t *testing.T) {
 	f := startFake(t, true)
 	b := uitest.Start(t)
 	dir := uitest.ArtifactsDir(t)
-	for _, page := range []string{"overview", "services", "hosts", "probes", "traces", "alerts", "explore"} {
+	for _, page := range []string{"overview", "services", "hosts", "probes", "traces", "alerts", "explore", "faults"} {
 		hash := "#/" + page
 		if page == "explore" {
 			hash += "?q=" + "imwatch_im_requests_total"
@@ -283,7 +345,7 @@ func TestPagesAgainstContract(t *testing.T) {
 		if n := uitest.Eval[int](b, injected); n != 0 {
 			t.Errorf("%s: %d img elements: a label was parsed as HTML", page, n)
 		}
-		if page != "traces" {
+		if page != "traces" && page != "faults" {
 			if n := uitest.Eval[int](b, `document.querySelectorAll('.chart[data-state=data]').length`); n == 0 {
 				t.Errorf("%s: no chart holds data", page)
 			}
@@ -588,5 +650,85 @@ func TestServicesMarksTheOutlier(t *testing.T) {
 		t.Errorf("%d rows say they stand out, want 1", n)
 	}
 	b.Screenshot(uitest.ArtifactsDir(t), "services-outlier")
+	noErrors(t, b, "services")
+}
+
+// TestFaultsPage: the form sends the fault as the API wants it (the fields
+// of its kind only), a refusal shows the center's reason as text, the
+// fault in force can be cleared, the charts shade the faults on their
+// time axis, and the Services page marks the instance at fault.
+func TestFaultsPage(t *testing.T) {
+	f := startFake(t, true)
+	b := uitest.Start(t)
+	b.Open(f.srv.URL+"/#/faults", "faults", 30*time.Second)
+	if got := uitest.Eval[string](b, `document.querySelector('.faults-active tbody').innerText`); !strings.Contains(got, "drop 100% at gateway.receive of gw-2") {
+		t.Errorf("faults in force: %q", got)
+	}
+	if got := uitest.Eval[string](b, `document.querySelector('.faults-past tbody').innerText`); !strings.Contains(got, "stop at logic-1") || !strings.Contains(got, "cleared") {
+		t.Errorf("recent faults: %q", got)
+	}
+	// A latency fault at gateway.push of gw-1.
+	uitest.Eval[bool](b, `(() => {
+		const set = (name, v) => { const el = document.querySelector('.faultform [name=' + name + ']'); el.value = v; el.dispatchEvent(new Event('change')); };
+		set('kind', 'latency'); set('instance', 'gw-1'); set('hop', 'gateway.push'); set('delay', '250ms'); set('duration', '90s');
+		document.querySelector('.faultform button[type=submit]').click();
+		return true;
+	})()`)
+	b.Do(10*time.Second, uitest.WaitFor(`document.querySelector('.faultmsg').innerText.includes('injected')`))
+	f.faultMu.Lock()
+	posted := fmt.Sprint(f.posted)
+	f.faultMu.Unlock()
+	if want := "[map[delay:250ms duration:90s hop:gateway.push instance:gw-1 kind:latency]]"; posted != want {
+		t.Errorf("posted %s, want %s", posted, want)
+	}
+	// Logic nodes have no gateway hops; a blackhole takes no hop, percent or delay.
+	hops := uitest.Eval[[]string](b, `(() => {
+		const set = (name, v) => { const el = document.querySelector('.faultform [name=' + name + ']'); el.value = v; el.dispatchEvent(new Event('change')); };
+		set('kind', 'drop'); set('instance', 'logic-1');
+		return [...document.querySelectorAll('.faultform [name=hop] option')].map(o => o.value);
+	})()`)
+	if fmt.Sprint(hops) != "[logic.handle store.append]" {
+		t.Errorf("hops offered for logic-1: %v", hops)
+	}
+	uitest.Eval[bool](b, `(() => {
+		const set = (name, v) => { const el = document.querySelector('.faultform [name=' + name + ']'); el.value = v; el.dispatchEvent(new Event('change')); };
+		set('kind', 'blackhole'); set('instance', 'gw-1');
+		document.querySelector('.faultform button[type=submit]').click();
+		return true;
+	})()`)
+	b.Do(10*time.Second, uitest.WaitFor(`document.querySelector('.faultmsg').innerText.includes('Refused')`))
+	if got := uitest.Eval[string](b, `document.querySelector('.faultmsg').innerText`); !strings.Contains(got, evil) {
+		t.Errorf("refusal shows %q, want the center's reason as text", got)
+	}
+	f.faultMu.Lock()
+	last := fmt.Sprint(f.posted[len(f.posted)-1])
+	f.faultMu.Unlock()
+	if last != "map[duration:90s instance:gw-1 kind:blackhole]" {
+		t.Errorf("blackhole posted %s", last)
+	}
+	b.ResetErrors() // the browser logs the 409 itself
+	// Clear the drop at gw-2.
+	uitest.Eval[bool](b, `(document.querySelector('.faults-active tr[data-fault="f1-1"] button.clear').click(), true)`)
+	b.Do(10*time.Second, uitest.WaitFor(`!document.querySelector('.faults-active tr[data-fault="f1-1"]')`))
+	noErrors(t, b, "faults")
+	if n := uitest.Eval[int](b, injected); n != 0 {
+		t.Errorf("%d img elements", n)
+	}
+	b.Screenshot(uitest.ArtifactsDir(t), "faults")
+
+	// The overview's charts shade the three faults of the last hour.
+	b.Go("#/overview?range=1h", "overview", 30*time.Second)
+	if n := uitest.Eval[int](b, `document.querySelectorAll('.chart[data-faults="3"] rect.fault.active').length`); n == 0 {
+		t.Errorf("no chart shades the three faults of the last hour, the one in force as such")
+	}
+	if got := uitest.Eval[string](b, `document.querySelector('.faults-mini').innerText`); !strings.Contains(got, "latency +250ms at gateway.push of gw-1") {
+		t.Errorf("overview's faults in force: %q", got)
+	}
+	// Services marks gw-1 (the latency fault in force), and only it.
+	b.Go("#/services?service=gateway", "services", 30*time.Second)
+	marked := uitest.Eval[[]string](b, `[...document.querySelectorAll('table.inst tr.atfault')].map(tr => tr.firstChild.firstChild.textContent + ': ' + tr.dataset.atfault)`)
+	if len(marked) != 1 || !strings.HasPrefix(marked[0], "gw-1: fault f1-") {
+		t.Errorf("marked at fault: %q, want gw-1 only", marked)
+	}
 	noErrors(t, b, "services")
 }

@@ -11,8 +11,10 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
+	"github.com/imwatch/imwatch/internal/fault"
 	"github.com/imwatch/imwatch/internal/im/bus"
 	"github.com/imwatch/imwatch/internal/im/gateway"
 	"github.com/imwatch/imwatch/internal/im/immetrics"
@@ -20,6 +22,7 @@ import (
 	"github.com/imwatch/imwatch/internal/service"
 	"github.com/imwatch/imwatch/pkg/imtrace"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Options says what to run.
@@ -43,6 +46,10 @@ type Options struct {
 	// Tune, when set, changes each part's config before it starts.
 	TuneGateway func(*gateway.Config)
 	TuneLogic   func(*logic.Config)
+	// Faults lets the parts take faults from the center (internal/fault):
+	// an agent on the bus, each gateway and logic node registered with its
+	// id, and a stop fault stops and restarts it.
+	Faults bool
 }
 
 // Cluster is a running cluster.
@@ -53,9 +60,12 @@ type Cluster struct {
 	Logics   []*logic.Logic
 	// LogicMetrics are the logic nodes' /metrics servers, when metrics are on.
 	LogicMetrics []*service.HTTP
-	group        *service.Group
-	conns        []*nats.Conn
-	tracers      []*imtrace.Tracer
+	// FaultAgent applies the center's faults, when Options.Faults is set.
+	FaultAgent *fault.Agent
+	group      *service.Group
+	conns      []*nats.Conn
+	tracers    []*imtrace.Tracer
+	mu         sync.Mutex // Gateways, Logics, LogicMetrics as stop faults restart them
 }
 
 // Start starts NATS (unless external), the logic nodes, then the gateways.
@@ -83,75 +93,172 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 		c.Embedded = emb
 		c.NATSURL = emb.URL()
 	}
-	for i := 0; i < o.LogicNodes; i++ {
-		name := "logic-" + strconv.Itoa(i+1)
-		nc, err := c.connect(name, o.Log)
+	if o.Faults {
+		nc, err := c.connect("fault-agent", o.Log)
 		if err != nil {
 			return fail(err)
 		}
-		cfg := logic.DefaultConfig(name)
-		cfg.Log = o.Log
-		if o.Metrics {
-			cfg.Metrics = immetrics.New("logic")
-			listen := o.LogicMetricsListen
-			if listen == "" {
-				listen = "127.0.0.1:0"
-			}
-			if listen, err = NextPort(listen, i); err != nil {
-				return fail(err)
-			}
-			mux := http.NewServeMux()
-			mux.Handle("/metrics", cfg.Metrics.Handler())
-			hs := &service.HTTP{N: name + " metrics", Listen: listen, Handler: mux, Log: o.Log}
-			if err := c.group.Start(ctx, hs); err != nil {
-				return fail(err)
-			}
-			c.LogicMetrics = append(c.LogicMetrics, hs)
-		}
-		if cfg.Tracer, err = c.tracer(ctx, o.Tracing, ServiceLogic, name); err != nil {
+		c.FaultAgent = fault.NewAgent(nc, o.Log)
+	}
+	for i := 0; i < o.LogicNodes; i++ {
+		if err := c.startLogic(ctx, o, i); err != nil {
 			return fail(err)
 		}
-		cfg.Metrics.Tracing(cfg.Tracer)
-		if o.TuneLogic != nil {
-			o.TuneLogic(&cfg)
+	}
+	for i, listen := range o.GatewayListen {
+		if err := c.startGateway(ctx, o, i, listen); err != nil {
+			return fail(err)
+		}
+	}
+	if c.FaultAgent != nil {
+		if err := c.FaultAgent.Start(); err != nil {
+			return fail(err)
+		}
+		_ = c.group.Start(ctx, service.Func{N: "fault agent", StopFn: func(context.Context) error { c.FaultAgent.Stop(); return nil }})
+	}
+	return c, nil
+}
+
+// startLogic starts logic node i (and its /metrics), as a part that a stop
+// fault can stop and start again.
+func (c *Cluster) startLogic(ctx context.Context, o Options, i int) error {
+	name := "logic-" + strconv.Itoa(i+1)
+	nc, err := c.connect(name, o.Log)
+	if err != nil {
+		return err
+	}
+	cfg := logic.DefaultConfig(name)
+	cfg.Log = o.Log
+	listen := ""
+	if o.Metrics {
+		cfg.Metrics = immetrics.New("logic")
+		listen = o.LogicMetricsListen
+		if listen == "" {
+			listen = "127.0.0.1:0"
+		}
+		if listen, err = NextPort(listen, i); err != nil {
+			return err
+		}
+	}
+	// One tracer for the node's life, across restarts by a stop fault;
+	// stopped after the node, flushing its last spans.
+	if cfg.Tracer, err = c.tracer(ctx, o.Tracing, ServiceLogic, name); err != nil {
+		return err
+	}
+	cfg.Metrics.Tracing(cfg.Tracer)
+	if o.TuneLogic != nil {
+		o.TuneLogic(&cfg)
+	}
+	if _, err := logic.New(cfg, nc); err != nil { // a bad config fails here, not at a restart
+		return err
+	}
+	slot := len(c.Logics)
+	c.Logics = append(c.Logics, nil)
+	if o.Metrics {
+		c.LogicMetrics = append(c.LogicMetrics, nil)
+	}
+	part := &service.Restartable{N: "logic " + name, New: func() (service.Service, error) {
+		var parts []service.Service
+		if o.Metrics {
+			mux := http.NewServeMux()
+			mux.Handle("/metrics", cfg.Metrics.Handler())
+			parts = append(parts, &service.HTTP{N: name + " metrics", Listen: listen, Handler: mux, Log: o.Log})
 		}
 		l, err := logic.New(cfg, nc)
 		if err != nil {
-			return fail(err)
+			return nil, err
 		}
-		if err := c.group.Start(ctx, l); err != nil {
-			return fail(err)
-		}
-		c.Logics = append(c.Logics, l)
-	}
-	for i, listen := range o.GatewayListen {
-		id := "gw-" + strconv.Itoa(i+1)
-		nc, err := c.connect(id, o.Log)
-		if err != nil {
-			return fail(err)
-		}
-		cfg := gateway.DefaultConfig(id, listen, o.Secret)
-		cfg.Log = o.Log
+		return &partGroup{name: name, parts: append(parts, l), log: o.Log}, nil
+	}, OnStart: func(s service.Service) {
+		pg := s.(*partGroup)
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.Logics[slot] = pg.parts[len(pg.parts)-1].(*logic.Logic)
 		if o.Metrics {
-			cfg.Metrics = immetrics.New("gateway")
+			hs := pg.parts[0].(*service.HTTP)
+			c.LogicMetrics[slot] = hs
+			listen = hs.Addr() // a restart binds the same port
 		}
-		if cfg.Tracer, err = c.tracer(ctx, o.Tracing, ServiceGateway, id); err != nil {
-			return fail(err)
-		}
-		cfg.Metrics.Tracing(cfg.Tracer)
-		if o.TuneGateway != nil {
-			o.TuneGateway(&cfg)
-		}
-		g, err := gateway.New(cfg, nc)
-		if err != nil {
-			return fail(err)
-		}
-		if err := c.group.Start(ctx, g); err != nil {
-			return fail(err)
-		}
-		c.Gateways = append(c.Gateways, g)
+	}}
+	cfg.Faults = c.registerFaults(name, fault.ServiceLogic, part, cfg.Metrics)
+	return c.group.Start(ctx, part)
+}
+
+// startGateway starts gateway i on listen, as a part that a stop fault can
+// stop and start again on the same address.
+func (c *Cluster) startGateway(ctx context.Context, o Options, i int, listen string) error {
+	id := "gw-" + strconv.Itoa(i+1)
+	nc, err := c.connect(id, o.Log)
+	if err != nil {
+		return err
 	}
-	return c, nil
+	cfg := gateway.DefaultConfig(id, listen, o.Secret)
+	cfg.Log = o.Log
+	if o.Metrics {
+		cfg.Metrics = immetrics.New("gateway")
+	}
+	if cfg.Tracer, err = c.tracer(ctx, o.Tracing, ServiceGateway, id); err != nil {
+		return err
+	}
+	cfg.Metrics.Tracing(cfg.Tracer)
+	if o.TuneGateway != nil {
+		o.TuneGateway(&cfg)
+	}
+	slot := len(c.Gateways)
+	c.Gateways = append(c.Gateways, nil)
+	part := &service.Restartable{N: "gateway " + id, New: func() (service.Service, error) {
+		return gateway.New(cfg, nc)
+	}, OnStart: func(s service.Service) {
+		g := s.(*gateway.Gateway)
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.Gateways[slot] = g
+		cfg.Listen = g.Addr() // a restart binds the same port
+	}}
+	cfg.Faults = c.registerFaults(id, fault.ServiceGateway, part, cfg.Metrics)
+	return c.group.Start(ctx, part)
+}
+
+// registerFaults gives an instance to the fault agent, if faults are on,
+// with its fault counters on its metric set.
+func (c *Cluster) registerFaults(name, svc string, part fault.Part, m *immetrics.Set) *fault.Injector {
+	if c.FaultAgent == nil {
+		return nil
+	}
+	var reg prometheus.Registerer
+	if m != nil { // with the service label the rest of the set carries
+		reg = prometheus.WrapRegistererWith(prometheus.Labels{"service": svc}, m.Registry)
+	}
+	return c.FaultAgent.Register(name, svc, part, reg)
+}
+
+// partGroup is parts that start in order and stop in reverse as one.
+type partGroup struct {
+	name  string
+	parts []service.Service
+	log   *slog.Logger
+	g     *service.Group
+}
+
+func (p *partGroup) Name() string { return p.name }
+
+func (p *partGroup) Start(ctx context.Context) error {
+	p.g = service.NewGroup(p.log)
+	for _, s := range p.parts {
+		if err := p.g.Start(ctx, s); err != nil {
+			_ = p.g.Stop(5 * time.Second)
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *partGroup) Stop(ctx context.Context) error {
+	timeout := 15 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		timeout = time.Until(d)
+	}
+	return p.g.Stop(timeout)
 }
 
 // Service names of the parts' spans (resource attribute service.name).

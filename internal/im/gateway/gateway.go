@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/imwatch/imwatch/internal/fault"
 	"github.com/imwatch/imwatch/internal/im/bus"
 	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/protocol"
@@ -47,6 +48,8 @@ type Config struct {
 	// .sync); nil switches tracing off: frames and bus messages then carry
 	// the trace context they came with, unchanged.
 	Tracer *imtrace.Tracer
+	// Faults are the faults in force at this gateway's hops (internal/fault); nil: none.
+	Faults *fault.Injector
 }
 
 // DefaultConfig returns a gateway's defaults for id and listen.
@@ -407,6 +410,28 @@ func (g *Gateway) handleDeliver(m *nats.Msg) {
 	sp := g.tr.StartLinked(parent, imtrace.SpanGatewayPush, trace.SpanKindConsumer, imtrace.Message{
 		ID: d.Msg.MsgID, Conv: d.Msg.Conv, Seq: d.Msg.Seq, User: d.Msg.From, Dest: g.cfg.ID,
 		Recipients: len(d.Targets), Attempt: d.Attempt, Probe: d.Msg.Probe}, links)
+	// A fault here drops or holds the push inside its span, so that a
+	// dropped message's trace ends at this hop. This runs on the bus
+	// subscription's goroutine, shared by every push: a delay holds the
+	// push on a timer, not the goroutine.
+	if fd := g.cfg.Faults.At(fault.HopGatewayPush); fd.Drop {
+		sp.SetErrorCode(fault.ErrorType, fd.DropMessage(fault.HopGatewayPush))
+		sp.End()
+		return
+	} else if fd.Delay > 0 {
+		held, dm := sp, d // copies, so that the path without a fault allocates nothing
+		if !g.cfg.Faults.Later(fd.Delay, func() { g.push(&dm, &held, start) }) {
+			held.SetErrorCode(fault.ErrorType, "dropped at gateway.push: latency fault "+fd.Fault+" already holds the most messages")
+			held.End()
+		}
+		return
+	}
+	g.push(&d, &sp, start)
+}
+
+// push sends the deliver d, whose push span is sp, to the devices of its
+// targets connected here; start is when the push arrived from the bus.
+func (g *Gateway) push(d *bus.Deliver, sp *imtrace.Span, start time.Time) {
 	// One rendering of the frame for every device it goes to.
 	f := protocol.Frame{
 		Type: protocol.TypeDeliver, MsgID: d.Msg.MsgID, Conv: d.Msg.Conv, Seq: d.Msg.Seq,

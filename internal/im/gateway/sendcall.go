@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/imwatch/imwatch/internal/fault"
 	"github.com/imwatch/imwatch/internal/im/bus"
 	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/protocol"
@@ -54,6 +55,13 @@ func (c *conn) forwardSend(f protocol.Frame) {
 	call := &sendCall{c: c, f: f}
 	c.g.tr.StartInto(&call.span, imtrace.Parse(f.Trace), imtrace.SpanGatewayReceive, trace.SpanKindServer, imtrace.Message{
 		ClientID: f.ID, User: c.user, Recipient: f.To, Dest: bus.SubjSend, Probe: f.Probe})
+	// A fault here holds or drops the send inside its span, so that a
+	// dropped message's trace ends at this hop.
+	if d := c.g.cfg.Faults.Hold(fault.HopGatewayReceive); d.Drop {
+		call.span.SetErrorCode(fault.ErrorType, d.DropMessage(fault.HopGatewayReceive))
+		call.span.End()
+		return // no send-ack: the client times out and resends
+	}
 	select {
 	case c.inflight <- struct{}{}:
 	default:

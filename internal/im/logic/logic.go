@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/imwatch/imwatch/internal/fault"
 	"github.com/imwatch/imwatch/internal/im/bus"
 	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/protocol"
@@ -35,6 +36,8 @@ type Config struct {
 	// im.logic.ack); nil switches tracing off: stored messages then carry
 	// the trace context the send came with, unchanged.
 	Tracer *imtrace.Tracer
+	// Faults are the faults in force at this node's hops (internal/fault); nil: none.
+	Faults *fault.Injector
 }
 
 // DefaultConfig returns the defaults of a logic node named node.

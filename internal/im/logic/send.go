@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/imwatch/imwatch/internal/fault"
 	"github.com/imwatch/imwatch/internal/im/bus"
 	"github.com/imwatch/imwatch/internal/im/immetrics"
 	"github.com/imwatch/imwatch/internal/im/protocol"
@@ -73,6 +74,13 @@ func (l *Logic) handleSend(m *nats.Msg) {
 	}
 	h := l.tr.Start(parent, imtrace.SpanLogicHandle, trace.SpanKindServer, imtrace.Message{
 		ClientID: req.ID, User: req.From, Recipient: req.To, Probe: req.Probe})
+	// A fault holds or drops the request inside its span, so that a dropped
+	// message's trace ends at this hop.
+	if d := l.cfg.Faults.Hold(fault.HopLogicHandle); d.Drop {
+		h.SetErrorCode(fault.ErrorType, d.DropMessage(fault.HopLogicHandle))
+		h.End()
+		return // no answer: the gateway times the send out
+	}
 	l.m.Request("send")
 	reply := l.send(req, &h)
 	if reply.Code != "" {
@@ -126,6 +134,11 @@ func (l *Logic) send(req bus.SendRequest, h *imtrace.Span) bus.SendReply {
 		RecvNS:     req.RecvNS,
 	}
 	st.Inject(imtrace.Field(&sm.Trace))
+	if d := l.cfg.Faults.Hold(fault.HopStoreAppend); d.Drop { // a fault: the store refuses, as a failed append does
+		st.SetErrorCode(fault.ErrorType, d.DropMessage(fault.HopStoreAppend))
+		st.End()
+		return bus.SendReply{Code: protocol.CodeUnavailable, Error: "message could not be stored; retry"}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
 	stored, dup, err := l.store(ctx, sm, req.From+"/"+req.ID)

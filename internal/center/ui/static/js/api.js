@@ -96,6 +96,50 @@ export async function probeFailures(params, signal) {
   return (await getJSON('/api/probes/failures', params, signal)).failures || [];
 }
 
+// sendJSON sends method with a JSON body (or none) and decodes the answer,
+// as getJSON does.
+async function sendJSON(method, path, body, signal) {
+  const headers = {Accept: 'application/json'};
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  const tok = sessionStorage.getItem(TOKEN_KEY);
+  if (tok) headers.Authorization = 'Bearer ' + tok;
+  let resp;
+  try {
+    resp = await fetch(url(path), {method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal});
+  } catch (e) {
+    if (e.name === 'AbortError') throw e;
+    throw new APIError(`cannot reach the center (${e.message})`, 0);
+  }
+  let out = null;
+  try {
+    out = await resp.json();
+  } catch (e) {
+    if (e.name === 'AbortError') throw e;
+  }
+  if (!resp.ok || (out && out.status === 'error')) {
+    if (resp.status === 401) window.dispatchEvent(new CustomEvent('imwatch:unauthorized'));
+    throw new APIError((out && out.error) || `${resp.status} ${resp.statusText}`, resp.status, out && out.errorType);
+  }
+  return out;
+}
+
+// Fault API (docs/center.md, Faults). Only called when /ui/features.json
+// says the center takes faults.
+export const faults = {
+  // list: {faults: [...], instances: [...]}, active ones first, then the
+  // recent ended ones.
+  async list(signal) {
+    const body = await getJSON('/api/faults', {state: 'all'}, signal);
+    return {faults: body.faults || [], instances: body.instances || []};
+  },
+  async add(spec, signal) {
+    return (await sendJSON('POST', '/api/faults', spec, signal)).fault;
+  },
+  async clear(id, signal) {
+    return (await sendJSON('DELETE', '/api/faults/' + encodeURIComponent(id), undefined, signal)).fault;
+  },
+};
+
 export async function features(signal) {
   return getJSON('/ui/features.json', null, signal);
 }

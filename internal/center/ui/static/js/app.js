@@ -12,8 +12,9 @@ import probes from './pages/probes.js';
 import traces from './pages/traces.js';
 import alerts from './pages/alerts.js';
 import explore from './pages/explore.js';
+import faultsPage from './pages/faults.js';
 
-const PAGES = {overview, services, hosts, probes, traces, alerts, explore};
+const PAGES = {overview, services, hosts, probes, traces, alerts, explore, faults: faultsPage};
 const PRESETS = ['5m', '15m', '1h', '6h', '24h', '7d'];
 const DEFAULT_RANGE = '1h';
 const REFRESH_MS = 15000;

@@ -34,6 +34,7 @@ export class Chart {
     this.onSelect = onSelect;
     this.yMax = yMax;
     this.series = [];
+    this.bands = []; // [{start, end, label, active}]: faults, shaded on the timeline
     this.hidden = new Set();
     this.range = null;
     this.plot = h('div.plot');
@@ -116,6 +117,20 @@ export class Chart {
       grid.append(s('text.xtick', {x: X(t), y: H - 8, 'text-anchor': 'middle'}, fmtTime(t, withDate, ticks.step < 60000)));
     }
     svg.append(grid);
+    // Faults in force (shaded) on the time axis, under the lines, each with
+    // its label as a tooltip.
+    const bands = s('g.faults');
+    let nb = 0;
+    for (const b of this.bands) {
+      const a = Math.max(start, b.start);
+      const z = Math.min(end, b.end);
+      if (!(z > a)) continue;
+      nb++;
+      bands.append(s('rect.fault' + (b.active ? '.active' : ''), {x: X(a), y: M.top, width: Math.max(2, X(z) - X(a)), height: ph},
+        s('title', null, b.label)));
+    }
+    this.el.dataset.faults = String(nb);
+    svg.append(bands);
     svg.append(s('text.yunit', {x: 12, y: M.top + ph / 2, transform: `rotate(-90 12 ${M.top + ph / 2})`, 'text-anchor': 'middle'}, unitOf(this.unit).axis));
     svg.append(s('line.axis', {x1: left, x2: left, y1: M.top, y2: M.top + ph}));
     svg.append(s('line.axis', {x1: left, x2: W - M.right, y1: M.top + ph, y2: M.top + ph}));
@@ -209,8 +224,10 @@ export class Chart {
     }
     rows.sort((a, b) => (Number.isFinite(b.v) ? b.v : -Infinity) - (Number.isFinite(a.v) ? a.v : -Infinity));
     const shown = rows.slice(0, 12);
+    const inForce = this.bands.filter((b) => b.start <= t && t <= b.end);
     clear(this.readout,
       h('div.rtime', null, fmtTime(at, true, true)),
+      inForce.map((b) => h('div.rfault', null, b.label)),
       shown.map(({x, v}) => h('div.rrow', null, h('span.swatch', {style: {background: x.color}}), h('span.rname', null, x.name), h('span.rval', null, fmtValue(v, this.unit)))),
       rows.length > shown.length ? h('div.muted', null, `and ${rows.length - shown.length} more`) : null);
     this.readout.hidden = false;

@@ -2,7 +2,7 @@
 // quoting, and instant values.
 
 import {h, labelText} from '../dom.js';
-import {prom, matrix} from '../api.js';
+import {prom, matrix, faults} from '../api.js';
 import {Chart} from '../chart.js';
 import {bucketQuantile} from '../stats.js';
 
@@ -22,6 +22,33 @@ export function chart(ctx, opts) {
   return new Chart({...opts, onSelect: (a, b) => ctx.setRange(a, b)});
 }
 
+// faultText says what a fault of the API does and where: "drop 100% at
+// gateway.receive of gw-1".
+export function faultText(f) {
+  const what = f.kind === 'drop' ? `drop ${f.percent}%` : f.kind === 'latency' ? `latency +${f.delay}` : f.kind;
+  return `${what} at ${f.hop ? f.hop + ' of ' : ''}${f.instance}`;
+}
+
+// faultBands are the faults of the center (active and recent ended ones) as
+// bands for the charts' time axis; one request per page refresh.
+export async function faultBands(ctx) {
+  if (!ctx.features.faults) return [];
+  const now = Date.now();
+  if (!ctx.faultCache || now - ctx.faultCache.at > 2000) {
+    ctx.faultCache = {at: now, p: faults.list(ctx.signal).then((x) => x.faults).catch((e) => {
+      if (e.name === 'AbortError') throw e;
+      return [];
+    })};
+  }
+  const list = await ctx.faultCache.p;
+  return list.map((f) => ({
+    start: Date.parse(f.start),
+    end: f.state === 'active' ? Math.min(now, Date.parse(f.until)) : Date.parse(f.end),
+    active: f.state === 'active',
+    label: `fault ${f.id}: ${faultText(f)} (${f.state})`,
+  }));
+}
+
 // fill runs the range queries of specs [{q: (r) => promql, name: (metric) => legend}]
 // and draws their series in c. Errors show in the chart, as text.
 export async function fill(ctx, c, specs, emptyText) {
@@ -32,6 +59,7 @@ export async function fill(ctx, c, specs, emptyText) {
       const n = specs[i].name ? specs[i].name(m) : undefined;
       return n === undefined || n === null || n === '' ? labelText(m) : String(n);
     }));
+    c.bands = await faultBands(ctx);
     c.setData(series, r, emptyText);
   } catch (e) {
     if (e.name === 'AbortError') return;
@@ -87,6 +115,7 @@ export async function fillQuantiles(ctx, c, query, qs, name, emptyText) {
           points: times.map((t) => [t * 1000, bucketQuantile(q, g.byTime.get(t))])});
       }
     }
+    c.bands = await faultBands(ctx);
     c.setData(series, r, emptyText);
   } catch (e) {
     if (e.name === 'AbortError') return;

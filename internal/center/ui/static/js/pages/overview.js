@@ -3,10 +3,10 @@
 // and the service graph.
 
 import {h, clear, labelChips} from '../dom.js';
-import {prom} from '../api.js';
+import {prom, faults} from '../api.js';
 import {fmtValue, fmtAgo, promDuration} from '../format.js';
 import {drawGraph} from '../graph.js';
-import {chart, fill, fillQuantiles, instant, grid, section, PROBE} from './common.js';
+import {chart, fill, fillQuantiles, instant, grid, section, faultText, PROBE} from './common.js';
 
 const where = (m) => `${m.target || '?'} from ${m.location || '?'}`;
 
@@ -21,10 +21,12 @@ function render(ctx) {
   const thr = chart(ctx, {title: 'Message throughput by stage', unit: 'msg/s', help: 'imwatch_im_messages_total'});
   const err = chart(ctx, {title: 'Error ratio by service', unit: 'percent', help: 'imwatch_im_failures_total / imwatch_im_requests_total'});
   const alertBox = h('div.alerts-mini');
+  const faultBox = h('div.faults-mini');
   const graphBox = h('div.graphbox');
   ctx.root.append(
     cards,
     grid(avail.el, plat.el, thr.el, err.el, e2e.el),
+    ctx.features.faults ? section('Faults in force', faultBox) : null,
     section('Firing alerts', alertBox),
     section('Service graph', h('p.muted', null, 'From the spans the center receives: requests per second, p99 latency and failed share of each edge over the time range.'), graphBox),
   );
@@ -44,6 +46,7 @@ function render(ctx) {
       }], 'no requests in this time range'),
       fillCards(ctx, cards),
       fillAlerts(ctx, alertBox),
+      ctx.features.faults ? fillFaults(ctx, faultBox) : null,
       fillGraph(ctx, graphBox),
     ]);
   };
@@ -92,6 +95,25 @@ async function fillAlerts(ctx, el) {
     h('span', null, (a.annotations && a.annotations.summary) || ''), ' ',
     labelChips(a.labels, ['alertname', 'severity'])))),
   alerts.length > 10 ? h('a', {href: ctx.href('alerts')}, `and ${alerts.length - 10} more`) : null);
+}
+
+async function fillFaults(ctx, el) {
+  let list;
+  try {
+    list = (await faults.list(ctx.signal)).faults.filter((f) => f.state === 'active');
+  } catch (e) {
+    if (e.name === 'AbortError') return;
+    clear(el, h('div.msg.error', null, e.message));
+    return;
+  }
+  const link = h('a', {href: ctx.href('faults')}, list.length ? 'Faults page' : 'Inject one on the Faults page');
+  if (!list.length) {
+    clear(el, h('div.msg.ok', null, 'No fault is in force. ', link));
+    return;
+  }
+  clear(el, h('ul.alertlist', null, list.map((f) => h('li', {dataset: {fault: f.id}},
+    h('span.badge.fault', null, 'fault'), ' ', h('b', null, f.id), ' ', faultText(f), ' ',
+    h('span.muted', null, 'since ' + fmtAgo(Date.parse(f.start)) + (f.applied ? '' : ', not applied yet'))))), link);
 }
 
 async function fillGraph(ctx, el) {

@@ -3,10 +3,10 @@
 // that stands out from its peers marked (stats.js, docs/ui.md).
 
 import {h, clear} from '../dom.js';
-import {prom} from '../api.js';
+import {prom, faults} from '../api.js';
 import {fmtValue} from '../format.js';
 import {outliers, MIN_PEERS, K} from '../stats.js';
-import {chart, fill, instant, q, section} from './common.js';
+import {chart, fill, instant, q, section, faultText} from './common.js';
 
 const REQ = 'imwatch_im_requests_total';
 const FAIL = 'imwatch_im_failures_total';
@@ -104,11 +104,12 @@ async function fillInstances(ctx, el, svc) {
   const sel = `service=${q(svc)}`;
   let failed = null;
   const onErr = (e) => { failed = e; };
-  const [rate, errs, p99, up] = await Promise.all([
+  const [rate, errs, p99, up, atFault] = await Promise.all([
     instant(ctx, `sum by (instance) (rate(${REQ}{${sel}}[5m]))`, onErr),
     instant(ctx, errRatio(sel, 'instance', '5m'), onErr),
     instant(ctx, `histogram_quantile(0.99, sum by (instance, le) (rate(${DUR}{${sel}}[5m])))`, onErr),
     instant(ctx, `max by (instance) (up and on (instance) group by (instance) (${REQ}{${sel}}))`, onErr),
+    blame(ctx),
   ]);
   if (failed) {
     clear(el, h('div.msg.error', null, failed.message));
@@ -131,8 +132,10 @@ async function fillInstances(ctx, el, svc) {
   };
   const rows = insts.map((inst) => {
     const marked = ['rate', 'errors', 'p99'].some((x) => marks[x][inst]);
-    return h('tr' + (marked ? '.marked' : ''), null,
-      h('td', null, inst, marked ? h('span.badge.bad', null, 'stands out') : null),
+    const why = atFault.get(inst) || [];
+    return h('tr' + (marked ? '.marked' : '') + (why.length ? '.atfault' : ''), why.length ? {dataset: {atfault: why.map((w) => w.text).join('; ')}} : null,
+      h('td', null, inst, marked ? h('span.badge.bad', null, 'stands out') : null,
+        why.map((w) => h('span.badge.' + w.cls, {title: w.title}, w.text))),
       h('td', null, upv[inst] === 1 ? 'up' : upv[inst] === 0 ? h('span.badtext', null, 'down') : '–'),
       cell('rate', inst), cell('errors', inst), cell('p99', inst));
   });
@@ -142,6 +145,30 @@ async function fillInstances(ctx, el, svc) {
   h('p.muted.small', null, insts.length < MIN_PEERS
     ? `${insts.length} instance(s): at least ${MIN_PEERS} are needed to tell one that stands out from its peers.`
     : `Marked ▲▼: more than ${K} robust deviations (1.4826 × MAD) from the median of the service's instances, and past a floor (docs/ui.md).`));
+}
+
+// blame maps instance names to why they are at fault: an active fault that
+// names the instance, or a firing alert whose instance label is it
+// (docs/ui.md). The outlier marks need 3 instances; these need none.
+async function blame(ctx) {
+  const out = new Map();
+  const add = (inst, w) => {
+    if (!out.has(inst)) out.set(inst, []);
+    out.get(inst).push(w);
+  };
+  const [list, alerts] = await Promise.all([
+    ctx.features.faults ? faults.list(ctx.signal).then((x) => x.faults).catch((e) => { if (e.name === 'AbortError') throw e; return []; }) : [],
+    prom.alerts(ctx.signal).catch((e) => { if (e.name === 'AbortError') throw e; return []; }),
+  ]);
+  for (const f of list) {
+    if (f.state === 'active') add(f.instance, {cls: 'fault', text: 'fault ' + f.id, title: 'injected: ' + faultText(f)});
+  }
+  for (const a of alerts) {
+    if (a.state === 'firing' && a.labels && a.labels.instance) {
+      add(a.labels.instance, {cls: 'bad', text: 'alert ' + a.labels.alertname, title: (a.annotations && a.annotations.summary) || a.labels.alertname});
+    }
+  }
+  return out;
 }
 
 export default {title: 'Services', render};
