@@ -197,9 +197,28 @@ func once(center string, k kind) (first, fire, resolve float64, err error) {
 		gone = time.Now()
 		return !ok && err == nil, err
 	}); err != nil {
-		return 0, 0, 0, fmt.Errorf("alert did not resolve: %w", err)
+		return 0, 0, 0, fmt.Errorf("alert did not resolve: %w; %s", err, diagnose(center, k.location))
 	}
 	return tFail.Sub(t0).Seconds(), activeAt.Sub(t0).Seconds(), gone.Sub(t1).Seconds(), nil
+}
+
+// diagnose says what the center sees of location when a step timed out:
+// the probe alerts firing, and the location's failures of the last 30 s
+// by reason.
+func diagnose(center, location string) string {
+	var b strings.Builder
+	if all, err := probeAlerts(center); err == nil {
+		for _, a := range all {
+			fmt.Fprintf(&b, "firing %v since %s; ", a.Labels, a.ActiveAt.Format(time.TimeOnly))
+		}
+	}
+	for _, reason := range []string{"connect", "auth", "send", "ack_timeout", "delivery_timeout"} {
+		v, err := scalar(center, fmt.Sprintf(`sum(increase(probe_failures_total{location=%q,reason=%q}[30s]))`, location, reason))
+		if err == nil && v > 0 {
+			fmt.Fprintf(&b, "%s failures in the last 30 s: %.0f; ", reason, v)
+		}
+	}
+	return b.String()
 }
 
 func waitFor(timeout time.Duration, f func() (bool, error)) error {

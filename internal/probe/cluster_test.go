@@ -23,6 +23,9 @@ type wsProxy struct {
 	srv      *httptest.Server
 	upstream string
 	keep     func(toClient bool, f protocol.Frame) bool
+
+	mu    sync.Mutex
+	conns map[*websocket.Conn]bool // the clients' sides, open now
 }
 
 func startWSProxy(t testing.TB, upstream string, keep func(toClient bool, f protocol.Frame) bool) *wsProxy {
@@ -33,6 +36,16 @@ func startWSProxy(t testing.TB, upstream string, keep func(toClient bool, f prot
 }
 
 func (p *wsProxy) URL() string { return "ws" + strings.TrimPrefix(p.srv.URL, "http") + "/ws" }
+
+// cut drops every connection open through the proxy, as a network blip
+// does; the clients reconnect.
+func (p *wsProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		c.CloseNow()
+	}
+}
 
 func (p *wsProxy) serve(w http.ResponseWriter, r *http.Request) {
 	down, err := websocket.Accept(w, r, nil)
@@ -46,6 +59,17 @@ func (p *wsProxy) serve(w http.ResponseWriter, r *http.Request) {
 		down.Close(websocket.StatusInternalError, "upstream")
 		return
 	}
+	p.mu.Lock()
+	if p.conns == nil {
+		p.conns = map[*websocket.Conn]bool{}
+	}
+	p.conns[down] = true
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.conns, down)
+		p.mu.Unlock()
+	}()
 	down.SetReadLimit(protocol.MaxServerFrameBytes)
 	up.SetReadLimit(protocol.MaxServerFrameBytes)
 	relay := func(from, to *websocket.Conn, toClient bool) {

@@ -40,7 +40,7 @@ func (imwatchDriver) Open(ctx context.Context, req OpenRequest) (Endpoint, error
 		URLs:        []string{t.Address},
 		Token:       func() (string, error) { return protocol.NewToken(secret, user, device, tokenTTL) },
 		DialTimeout: dialTimeout,
-		Inbox:       64,
+		Raw:         true, // the prober reads deliveries as they arrive, through OnDeliver
 		Log:         req.Log,
 		OnState: func(connected bool, _ string) {
 			if !connected {
@@ -57,12 +57,12 @@ func (imwatchDriver) Open(ctx context.Context, req OpenRequest) (Endpoint, error
 		return nil, fail(ReasonConnect, err)
 	}
 	e.c = c
-	// Only from here on: what the initial sync handed over is history.
+	// Only from here on: what came before (a push of an earlier round
+	// redelivered) belongs to no round of this connection.
 	e.ready.Store(true)
 	if req.Timing != nil {
 		req.Timing.Connect, req.Timing.Login = c.LastConnect()
 	}
-	go e.drain()
 	return e, nil
 }
 
@@ -83,17 +83,6 @@ func (e *imwatchEndpoint) onDeliver(m client.Message) {
 		return
 	}
 	e.deliver(Delivery{Body: m.Body, Trace: m.Trace, At: m.Received})
-}
-
-// drain empties the client's in-order inbox: the prober reads deliveries raw.
-func (e *imwatchEndpoint) drain() {
-	for {
-		select {
-		case <-e.c.Messages():
-		case <-e.closed:
-			return
-		}
-	}
 }
 
 func (e *imwatchEndpoint) Send(ctx context.Context, to string, m Message) error {

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/imwatch/imwatch/internal/im/imtest"
+	"github.com/imwatch/imwatch/internal/im/protocol"
 )
 
 func TestIMWatchRoundsSucceed(t *testing.T) {
@@ -40,4 +41,22 @@ func TestIMWatchRoundsSucceed(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestIMWatchReconnectsWithLongHistory: a probe account with more history
+// than a client's inbox holds reconnects after its connections drop, and
+// its rounds go on. (The prober once dialled a client that synced the
+// account's history into a 64-message inbox nobody read before Dial
+// returned: after a gateway restart the probe never connected again.)
+func TestIMWatchReconnectsWithLongHistory(t *testing.T) {
+	c := imtest.StartCluster(t, "", 1)
+	proxy := startWSProxy(t, c.URLs()[0], func(bool, protocol.Frame) bool { return true })
+	tg := imwatchTarget(t, "history", proxy.URL(), 100*time.Millisecond, time.Second)
+	p := startProber(t, Config{Targets: []Target{tg}}, Options{})
+	l := map[string]string{"target": "history", "protocol": "imwatch", "location": "test"}
+	imtest.Eventually(t, 60*time.Second, atLeast(t, p, "probe_messages_received_total", l, 80))
+	proxy.cut()
+	before := metricValue(t, p, "probe_messages_received_total", l)
+	imtest.Eventually(t, 30*time.Second, atLeast(t, p, "probe_messages_received_total", l, before+20))
+	imtest.Eventually(t, 5*time.Second, atLeast(t, p, "probe_success", l, 1))
 }

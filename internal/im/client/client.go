@@ -28,7 +28,12 @@ type Config struct {
 	Token       func() (string, error)          // returns a fresh auth token
 	DialTimeout time.Duration                   //
 	GapTimeout  time.Duration                   // a gap in a conversation older than this is synced
-	Inbox       int                             // messages buffered for the application
+	Inbox       int                             // messages buffered for the application (default 4096)
+	// Raw: the application takes deliveries through OnDeliver only, as
+	// they arrive, and judges loss, duplicates and order itself (a
+	// prober): Messages() stays empty, Dial syncs no history, and gaps
+	// are not synced.
+	Raw bool
 	Log         *slog.Logger                    //
 	OnState     func(connected bool, gw string) // optional: told of each connect and disconnect
 	// OnDeliver, when set, is called with every deliver frame as it is
@@ -123,7 +128,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		log:     cfg.Log.With("component", "client"),
 		ready:   make(chan struct{}),
 		waiters: map[string]chan protocol.Frame{},
-		inbox:   make(chan Message, cfg.Inbox),
+		inbox:   make(chan Message, inboxSize(cfg)),
 		closed:  make(chan struct{}),
 		done:    make(chan struct{}),
 	}
@@ -140,11 +145,33 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		c.Close()
 		return nil, ctx.Err()
 	}
-	if err := c.Sync(ctx); err != nil {
+	// The initial sync ends with ctx too: a device that missed more
+	// messages than its inbox holds waits in it for a reader, and the
+	// application cannot read before Dial returns.
+	if cfg.Raw {
+		return c, nil
+	}
+	stop := context.AfterFunc(ctx, func() { c.closeOnce.Do(func() { close(c.closed) }) })
+	err := c.Sync(ctx)
+	if !stop() && err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		full := cap(c.inbox) > 0 && len(c.inbox) == cap(c.inbox)
 		c.Close()
+		if full {
+			return nil, fmt.Errorf("client: initial sync: the device missed more messages than its inbox holds (Config.Inbox %d), and they wait for a reader: raise Inbox, or read OnDeliver with Raw: %w", cap(c.inbox), err)
+		}
 		return nil, fmt.Errorf("client: initial sync: %w", err)
 	}
 	return c, nil
+}
+
+func inboxSize(cfg Config) int {
+	if cfg.Raw {
+		return 0
+	}
+	return cfg.Inbox
 }
 
 // Messages delivers received messages, in order per conversation, once each.

@@ -223,7 +223,9 @@ func (c *Client) received(ctx context.Context, s *session, f *protocol.Frame, re
 	if c.cfg.OnDeliver != nil {
 		c.cfg.OnDeliver(m)
 	}
-	c.order.add(m)
+	if !c.cfg.Raw {
+		c.order.add(m)
+	}
 	rx.End()
 }
 

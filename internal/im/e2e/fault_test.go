@@ -141,7 +141,7 @@ func TestFaultsAgainstUp(t *testing.T) {
 		name   string
 		faults []faultCase
 		quiet  []alertSel // must not fire meanwhile
-		ui     string     // the instance the Services page must mark, alone
+		ui     string     // service/instance the Services page must mark, alone
 	}{
 		{"stop gw-1, blackhole gw-2", []faultCase{
 			{spec: `{"kind":"stop","instance":"gw-1","duration":"2m"}`, alert: fastRounds("up-gw-1", "connect")},
@@ -156,20 +156,20 @@ func TestFaultsAgainstUp(t *testing.T) {
 		{"drop at logic-1's store append", []faultCase{
 			{spec: `{"kind":"drop","hop":"store.append","instance":"logic-1","duration":"2m"}`, alert: fastRounds("up-gw-2", "ack_timeout"),
 				lastSpan: "im.store.append", lastInstance: "logic-1"},
-		}, nil, ""},
+		}, nil, "logic/logic-1"},
 		{"latency at logic-1's handle", []faultCase{
 			{spec: `{"kind":"latency","hop":"logic.handle","instance":"logic-1","delay":"1500ms","duration":"2m"}`, alert: slow("up-gw-1")},
-		}, nil, ""},
+		}, nil, "logic/logic-1"},
 		{"stop logic-1", []faultCase{
 			{spec: `{"kind":"stop","instance":"logic-1","duration":"2m"}`, alert: fastRounds("up-gw-1", "ack_timeout"),
 				lastSpan: "im.gateway.receive", lastInstance: "gw-1"},
-		}, nil, ""},
+		}, nil, "logic/logic-1"},
 		{"drop at gw-1's receive", []faultCase{
 			{spec: "drop --hop gateway.receive --instance gw-1 --duration 2m", cli: true, alert: fastRounds("up-gw-1", "ack_timeout"),
 				lastSpan: "im.gateway.receive", lastInstance: "gw-1"},
-		}, []alertSel{{"IMProbeRoundFailed", map[string]string{"location": "up-gw-2"}}}, "gw-1"},
+		}, []alertSel{{"IMProbeRoundFailed", map[string]string{"location": "up-gw-2"}}}, "gateway/gw-1"},
 	}
-	var b *uitest.Browser
+	b := uitest.Start(t)
 	for _, r := range rounds {
 		t.Run(r.name, func(t *testing.T) {
 			var ids []string
@@ -220,8 +220,8 @@ func TestFaultsAgainstUp(t *testing.T) {
 				}
 			}
 			if r.ui != "" {
-				b = uitest.Start(t)
-				checkMarked(t, b, base, r.ui)
+				svc, inst, _ := strings.Cut(r.ui, "/")
+				checkMarked(t, b, base, svc, inst, strings.HasSuffix(r.name, "gw-1's receive"))
 			}
 			// Clear: one by the CLI, the rest by the API.
 			for i, id := range ids {
@@ -270,9 +270,10 @@ func TestFaultsAgainstUp(t *testing.T) {
 // instance, marked at fault; it also keeps a screenshot of the overview
 // with the fault in force (IMWATCH_OVERVIEW_PNG names a file to copy it to:
 // docs/overview.png is made so).
-func checkMarked(t *testing.T, b *uitest.Browser, base, inst string) {
+func checkMarked(t *testing.T, b *uitest.Browser, base, svc, inst string, shots bool) {
 	t.Helper()
-	b.Open(base+"/#/services?range=5m&service=gateway", "services", 60*time.Second)
+	page := "#/services?range=5m&service=" + svc
+	b.Open(base+"/"+page, "services", 60*time.Second)
 	var marked []string
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
@@ -280,13 +281,22 @@ func checkMarked(t *testing.T, b *uitest.Browser, base, inst string) {
 		if len(marked) > 0 {
 			break
 		}
-		b.Go("#/services?range=5m&service=gateway", "services", 60*time.Second)
+		b.Go(page, "services", 60*time.Second)
 	}
 	if len(marked) != 1 || marked[0] != inst {
-		t.Errorf("Services marks %q at fault, want only %s", marked, inst)
+		t.Errorf("Services (%s) marks %q at fault, want only %s", svc, marked, inst)
 	}
 	dir := uitest.ArtifactsDir(t)
-	b.Screenshot(dir, "services-at-fault")
+	b.Screenshot(dir, "services-at-fault-"+inst)
+	defer func() {
+		if errs := b.Errors(); len(errs) > 0 {
+			t.Errorf("page errors:\n%s", strings.Join(errs, "\n"))
+		}
+		b.ResetErrors()
+	}()
+	if !shots {
+		return
+	}
 	b.Open(base+"/#/overview?range=5m", "overview", 60*time.Second)
 	png := b.Screenshot(dir, "overview-with-fault")
 	if dst := os.Getenv("IMWATCH_OVERVIEW_PNG"); dst != "" {
@@ -297,9 +307,6 @@ func checkMarked(t *testing.T, b *uitest.Browser, base, inst string) {
 		if err != nil {
 			t.Errorf("copy the overview screenshot: %v", err)
 		}
-	}
-	if errs := b.Errors(); len(errs) > 0 {
-		t.Errorf("page errors:\n%s", strings.Join(errs, "\n"))
 	}
 }
 

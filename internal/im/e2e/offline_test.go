@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/imwatch/imwatch/internal/im/client"
+	"github.com/imwatch/imwatch/internal/im/imtest"
 	"github.com/imwatch/imwatch/internal/im/protocol"
 )
 
@@ -66,6 +67,28 @@ func TestOfflineRecipientSyncs(t *testing.T) {
 		// Online now: the next ones come by push, after the synced ones.
 		chat(t, ctx, l, "bob1", 10, "online", alice)
 		checkDelivered(t, l, 20*time.Second, expect{dev: bob, conv: conv})
+	})
+
+	t.Run("more missed than the inbox holds", func(t *testing.T) {
+		l := newLedger()
+		alice := dial(t, c.urls("gw-a"), "alice5", "phone")
+		chat(t, ctx, l, "bob5", 20, "many", alice)
+		// Dial cannot return before its sync, and nobody reads the inbox
+		// before Dial returns: it gives up with ctx and says why.
+		dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		start := time.Now()
+		bc, err := client.Dial(dctx, client.Config{URLs: c.urls("gw-b"), Token: imtest.Token("bob5", "phone"), Inbox: 5, Log: imtest.Logger()})
+		if err == nil {
+			bc.Close()
+			t.Fatal("Dial with a 5-message inbox and 20 missed messages succeeded")
+		}
+		if !strings.Contains(err.Error(), "inbox") || time.Since(start) > 10*time.Second {
+			t.Fatalf("Dial returned after %s with %v; want an error naming the inbox, soon after the 2 s deadline", time.Since(start), err)
+		}
+		// With room for them, the device gets them all.
+		bob := dial(t, c.urls("gw-b"), "bob5", "phone")
+		checkDelivered(t, l, 20*time.Second, expect{dev: bob, conv: protocol.DirectConv("alice5", "bob5")})
 	})
 
 	t.Run("one of two devices offline", func(t *testing.T) {
