@@ -24,18 +24,18 @@ import (
 
 // Config configures a client.
 type Config struct {
-	URLs        []string                        // gateways' ws:// URLs, tried in turn
-	Token       func() (string, error)          // returns a fresh auth token
-	DialTimeout time.Duration                   //
-	GapTimeout  time.Duration                   // a gap in a conversation older than this is synced
-	Inbox       int                             // messages buffered for the application (default 4096)
+	URLs        []string               // gateways' ws:// URLs, tried in turn
+	Token       func() (string, error) // returns a fresh auth token
+	DialTimeout time.Duration          //
+	GapTimeout  time.Duration          // a gap in a conversation older than this is synced
+	Inbox       int                    // messages buffered for the application (default 4096)
 	// Raw: the application takes deliveries through OnDeliver only, as
 	// they arrive, and judges loss, duplicates and order itself (a
 	// prober): Messages() stays empty, Dial syncs no history, and gaps
 	// are not synced.
-	Raw bool
-	Log         *slog.Logger                    //
-	OnState     func(connected bool, gw string) // optional: told of each connect and disconnect
+	Raw     bool
+	Log     *slog.Logger                    //
+	OnState func(connected bool, gw string) // optional: told of each connect and disconnect
 	// OnDeliver, when set, is called with every deliver frame as it is
 	// read, before de-duplication and ordering, so that a prober sees
 	// redeliveries and the order of arrival. It must not block.
