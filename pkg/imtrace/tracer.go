@@ -156,8 +156,28 @@ type Tracer struct {
 }
 
 type counters struct {
-	sampled, unsampled, promoted, tailDropped atomic.Uint64
-	exported, exportFailed, exportDropped     atomic.Uint64
+	sampled, unsampled                    stripedCounter
+	promoted, tailDropped                 atomic.Uint64
+	exported, exportFailed, exportDropped atomic.Uint64
+}
+
+// stripedCounter is a counter that every span adds to: one stripe per
+// cache line, picked by the trace id, so that hops of different messages on
+// different cores do not contend for one line.
+type stripedCounter [counterStripes]struct {
+	n atomic.Uint64
+	_ [56]byte
+}
+
+const counterStripes = 8 // power of two
+
+func (c *stripedCounter) add(id trace.TraceID) { c[id[15]&(counterStripes-1)].n.Add(1) }
+
+func (c *stripedCounter) load() (n uint64) {
+	for i := range c {
+		n += c[i].n.Load()
+	}
+	return n
 }
 
 // Stats are the tracer's counters since it was made; the IM exports them
@@ -179,7 +199,7 @@ func (t *Tracer) Stats() Stats {
 	}
 	s := &t.stats
 	return Stats{
-		Sampled: s.sampled.Load(), Unsampled: s.unsampled.Load(), Promoted: s.promoted.Load(),
+		Sampled: s.sampled.load(), Unsampled: s.unsampled.load(), Promoted: s.promoted.Load(),
 		TailDropped: s.tailDropped.Load(), Exported: s.exported.Load(), ExportFailed: s.exportFailed.Load(),
 		ExportDropped: s.exportDropped.Load(),
 	}
