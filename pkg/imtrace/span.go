@@ -131,14 +131,13 @@ func (t *Tracer) start(s *Span, parent trace.SpanContext, name string, kind trac
 	if s.sampled {
 		scc.TraceFlags = trace.FlagsSampled
 		t.stats.sampled.add(scc.TraceID)
-	} else {
+	} else if !t.tailOn {
+		// Head sampling only: the span records nothing but the context it
+		// passes on. (With the tail part on, the tail buffer counts the
+		// unsampled spans under the lock it takes anyway.)
 		t.stats.unsampled.add(scc.TraceID)
-		if !t.tailOn {
-			// Head sampling only: the span records nothing but the context
-			// it passes on.
-			s.d.sc = trace.NewSpanContext(scc)
-			return
-		}
+		s.d.sc = trace.NewSpanContext(scc)
+		return
 	}
 	d := &s.d
 	d.sc = trace.NewSpanContext(scc)

@@ -30,6 +30,7 @@ type tailShard struct {
 	next     int
 	promoted [promotedKept]uint64 // low halves of promoted trace ids; 0 = free
 	pnext    int
+	ended    uint64       // unsampled spans ended into this shard (Stats.Unsampled)
 	lastProm atomic.Int64 // monotonic time of the last promotion; 0 = none. Written under mu
 	_        [64]byte     // keep shards on separate cache lines
 }
@@ -80,6 +81,7 @@ func (b *tailBuffer) put(d *spanData) bool {
 	key := traceKey(d.sc.TraceID())
 	s := b.shard(key)
 	s.mu.Lock()
+	s.ended++
 	if s.isPromoted(key, d.end, int64(b.window)) {
 		s.mu.Unlock()
 		return true
@@ -103,14 +105,16 @@ func (b *tailBuffer) put(d *spanData) bool {
 	return false
 }
 
-// promote marks the trace promoted and takes its buffered spans that ended
-// within the window before now out of the buffer.
+// promote marks the trace promoted, counts the span that promotes it and
+// takes the trace's buffered spans that ended within the window before now
+// out of the buffer.
 func (b *tailBuffer) promote(id trace.TraceID, now int64) []spanData {
 	key := traceKey(id)
 	s := b.shard(key)
 	var out []spanData
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.ended++
 	if !s.isPromoted(key, now, int64(b.window)) {
 		s.promoted[s.pnext] = key
 		s.pnext = (s.pnext + 1) % promotedKept
@@ -124,4 +128,16 @@ func (b *tailBuffer) promote(id trace.TraceID, now int64) []spanData {
 		}
 	}
 	return out
+}
+
+// ended is the number of unsampled spans that ended into the buffer: put
+// and promote count them under the shard's lock, which they take anyway.
+func (b *tailBuffer) ended() (n uint64) {
+	for i := range b.shards {
+		s := &b.shards[i]
+		s.mu.Lock()
+		n += s.ended
+		s.mu.Unlock()
+	}
+	return n
 }

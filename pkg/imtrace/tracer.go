@@ -184,7 +184,7 @@ func (c *stripedCounter) load() (n uint64) {
 // as metrics.
 type Stats struct {
 	Sampled       uint64 // hop spans sampled at start (ratio, parent or probe)
-	Unsampled     uint64 // hop spans not sampled at start (kept in the tail buffer unless it is off)
+	Unsampled     uint64 // hop spans not sampled at start (kept in the tail buffer unless it is off); with the tail part on, counted when they end
 	Promoted      uint64 // unsampled spans exported after all: their trace had an error or a slow span
 	TailDropped   uint64 // unsampled spans pushed out of the full tail buffer within TailWindow
 	Exported      uint64 // spans the exporter accepted
@@ -199,7 +199,7 @@ func (t *Tracer) Stats() Stats {
 	}
 	s := &t.stats
 	return Stats{
-		Sampled: s.sampled.load(), Unsampled: s.unsampled.load(), Promoted: s.promoted.Load(),
+		Sampled: s.sampled.load(), Unsampled: s.unsampled.load() + t.tail.ended(), Promoted: s.promoted.Load(),
 		TailDropped: s.tailDropped.Load(), Exported: s.exported.Load(), ExportFailed: s.exportFailed.Load(),
 		ExportDropped: s.exportDropped.Load(),
 	}
