@@ -111,7 +111,7 @@ func BenchmarkSpan(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				t.recycle = true
+				t.recycle, t.ownPipeline = true, true // as with the package's exporter
 				b.ReportAllocs()
 				defer threadCPU(b)()
 				for b.Loop() {

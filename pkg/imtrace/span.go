@@ -309,6 +309,7 @@ func (t *Tracer) export(d *spanData) {
 	}
 	r.ReadOnlySpan = baseSpan
 	r.t = t
+	r.shared = !t.ownPipeline
 	r.d = *d
 	t.out.OnEnd(r)
 }
@@ -332,7 +333,8 @@ type record struct {
 	t      *Tracer
 	d      spanData
 	built  atomic.Bool
-	mu     sync.Mutex // held while building
+	shared bool       // readers may come concurrently: build under mu
+	mu     sync.Mutex // held while building a shared record
 	start  time.Time
 	end    time.Time
 	attrs  [maxAttrs]attribute.KeyValue
@@ -343,9 +345,17 @@ type record struct {
 	nevent int
 }
 
-// ready builds what the record's readers see, once.
+// ready builds what the record's readers see, once. The package's own
+// pipeline hands each record to one export call, on one goroutine, so only
+// a record given to a Config.Processor, whose readers may be several and
+// concurrent, needs the lock.
 func (r *record) ready() *record {
 	if r.built.Load() {
+		return r
+	}
+	if !r.shared {
+		r.build()
+		r.built.Store(true)
 		return r
 	}
 	r.mu.Lock()

@@ -141,18 +141,21 @@ func (c Config) Validate() error {
 // Tracer starts the hop spans of one process. A nil *Tracer, and one made
 // with Config.Disabled, traces nothing and passes trace context on unchanged.
 type Tracer struct {
-	res      *resource.Resource
-	scope    instrumentation.Scope
-	ratio    sdktrace.Sampler // TraceIDRatioBased: the root decision
-	slow     int64            // ns; <0 never
-	tailOn   bool             // unsampled spans are recorded for promotion
-	out      sdktrace.SpanProcessor
-	bounded  *boundedProcessor // nil with Config.Processor
-	recycle  bool              // records go back to the pool after export
-	provider *sdktrace.TracerProvider
-	tail     tailBuffer
-	stats    counters
-	closed   atomic.Bool
+	res     *resource.Resource
+	scope   instrumentation.Scope
+	ratio   sdktrace.Sampler // TraceIDRatioBased: the root decision
+	slow    int64            // ns; <0 never
+	tailOn  bool             // unsampled spans are recorded for promotion
+	out     sdktrace.SpanProcessor
+	bounded *boundedProcessor // nil with Config.Processor
+	recycle bool              // records go back to the pool after export
+	// ownPipeline: the records go only to the package's exporter, through
+	// the SDK's batch processor, which reads each on one goroutine.
+	ownPipeline bool
+	provider    *sdktrace.TracerProvider
+	tail        tailBuffer
+	stats       counters
+	closed      atomic.Bool
 }
 
 type counters struct {
@@ -237,6 +240,7 @@ func New(cfg Config) (*Tracer, error) {
 		exp := newHTTPExporter(cfg.Endpoint, cfg.ExportTimeout)
 		exp.gzip = cfg.Compression != "none"
 		t.recycle = true
+		t.ownPipeline = true
 		t.bounded = &boundedProcessor{limit: int64(cfg.QueueSize), t: t}
 		t.bounded.next = sdktrace.NewBatchSpanProcessor(&countingExporter{next: exp, t: t},
 			sdktrace.WithMaxQueueSize(cfg.QueueSize),
