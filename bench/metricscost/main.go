@@ -1,9 +1,16 @@
 // Command metricscost measures what the IM metric set costs on the message
-// path: the same saturating one-to-one load against a cluster with metrics on
-// and against one with metrics off, alternating in one run, and reports the
-// median throughput of each and their ratio (goal: on/off >= 0.99).
+// path: the same one-to-one load against an in-process cluster with metrics
+// on and against one with metrics off, alternating in one run. Per
+// configuration it reports the median saturated throughput and the median
+// CPU time of the process per delivered message at a fixed offered rate
+// below saturation, and their ratios (goal: throughput on/off >= 0.99).
 //
-//	go run ./bench/metricscost -rounds 5 -users 200 -duration 10s
+// On a machine whose cores the cluster and the load generator saturate, the
+// throughput is the cores over the CPU time per message, so off/on of the
+// CPU time per message estimates the throughput ratio too, and it is far
+// less noisy than a saturated throughput on a shared machine.
+//
+//	go run ./bench/metricscost -rounds 7 -users 200 -duration 8s
 package main
 
 import (
@@ -14,6 +21,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/imwatch/imwatch/internal/im/cluster"
@@ -23,39 +31,44 @@ import (
 func main() {
 	rounds := flag.Int("rounds", 5, "rounds; each runs metrics on and off once, in alternating order")
 	users := flag.Int("users", 200, "connected users")
-	rate := flag.Float64("rate", 100000, "offered messages/s, above what the cluster can take so that it saturates")
-	duration := flag.Duration("duration", 10*time.Second, "sending time per run")
+	satRate := flag.Float64("rate", 100000, "offered messages/s of the saturating phase, above what the cluster can take; 0 skips it")
+	fixedRate := flag.Float64("fixed-rate", 2000, "offered messages/s of the CPU-per-message phase, below saturation; 0 skips it")
+	duration := flag.Duration("duration", 8*time.Second, "sending time per phase")
 	flag.Parse()
 	secret := []byte("metricscost-secret-0123456789")
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	var on, off []float64
+	dps := map[bool][]float64{}
+	cpu := map[bool][]float64{}
 	for r := 0; r < *rounds; r++ {
 		order := []bool{true, false}
 		if r%2 == 1 {
 			order = []bool{false, true}
 		}
 		for _, metrics := range order {
-			dps, err := run(metrics, secret, *users, *rate, *duration, log)
+			res, err := run(metrics, secret, *users, *satRate, *fixedRate, *duration, log)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "metricscost:", err)
 				os.Exit(1)
 			}
-			fmt.Printf("round %d metrics=%-5v delivered/s %.0f\n", r+1, metrics, dps)
-			if metrics {
-				on = append(on, dps)
-			} else {
-				off = append(off, dps)
-			}
+			fmt.Printf("round %d metrics=%-5v saturated %7.0f delivered/s   at %g/s: %6.1f µs CPU per message\n",
+				r+1, metrics, res.dps, *fixedRate, res.cpuPerMsg)
+			dps[metrics] = append(dps[metrics], res.dps)
+			cpu[metrics] = append(cpu[metrics], res.cpuPerMsg)
 		}
 	}
-	mOn, mOff := median(on), median(off)
-	fmt.Printf("median delivered/s: metrics on %.0f, off %.0f, ratio on/off %.3f\n", mOn, mOff, mOn/mOff)
+	fmt.Printf("\nmedians of %d rounds\n", *rounds)
+	fmt.Printf("saturated delivered/s: metrics on %.0f, off %.0f, ratio on/off %.3f\n",
+		median(dps[true]), median(dps[false]), median(dps[true])/median(dps[false]))
+	fmt.Printf("µs CPU per message at %g/s: metrics on %.1f, off %.1f, ratio off/on %.3f (the throughput ratio it implies)\n",
+		*fixedRate, median(cpu[true]), median(cpu[false]), median(cpu[false])/median(cpu[true]))
 }
 
-func run(metrics bool, secret []byte, users int, rate float64, d time.Duration, log *slog.Logger) (float64, error) {
+type result struct{ dps, cpuPerMsg float64 }
+
+func run(metrics bool, secret []byte, users int, satRate, fixedRate float64, d time.Duration, log *slog.Logger) (result, error) {
 	dir, err := os.MkdirTemp("", "metricscost")
 	if err != nil {
-		return 0, err
+		return result{}, err
 	}
 	defer os.RemoveAll(dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -63,24 +76,50 @@ func run(metrics bool, secret []byte, users int, rate float64, d time.Duration, 
 	c, err := cluster.Start(ctx, cluster.Options{DataDir: dir, Secret: secret, Log: log, Metrics: metrics,
 		GatewayListen: []string{"127.0.0.1:0", "127.0.0.1:0"}})
 	if err != nil {
-		return 0, err
+		return result{}, err
 	}
 	defer c.Stop(10 * time.Second)
-	rep, err := loadgen.Run(context.Background(), loadgen.Config{URLs: c.URLs(), Secret: secret, Users: users,
-		Rate: rate, Duration: d, Drain: 5 * time.Second, MaxInflight: 4000, Log: log})
-	if err != nil {
-		return 0, err
+	lg := func(rate float64) (loadgen.Report, error) {
+		rep, err := loadgen.Run(context.Background(), loadgen.Config{URLs: c.URLs(), Secret: secret, Users: users,
+			Rate: rate, Duration: d, Drain: 5 * time.Second, MaxInflight: 4000, Log: log})
+		if err == nil && (rep.Lost != 0 || rep.Duplicates != 0) {
+			err = fmt.Errorf("metrics=%v: %d lost, %d duplicates", metrics, rep.Lost, rep.Duplicates)
+		}
+		return rep, err
 	}
-	if rep.Lost != 0 || rep.Duplicates != 0 {
-		return 0, fmt.Errorf("metrics=%v: %d lost, %d duplicates", metrics, rep.Lost, rep.Duplicates)
+	var res result
+	if satRate > 0 {
+		rep, err := lg(satRate)
+		if err != nil {
+			return result{}, err
+		}
+		res.dps = rep.DeliveredPerSecond
 	}
-	return rep.DeliveredPerSecond, nil
+	if fixedRate > 0 {
+		before := cpuTime()
+		rep, err := lg(fixedRate)
+		if err != nil {
+			return result{}, err
+		}
+		res.cpuPerMsg = float64((cpuTime() - before).Microseconds()) / float64(max(rep.Delivered, 1))
+	}
+	return res, nil
+}
+
+// cpuTime is the user and system CPU time of this process so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func median(xs []float64) float64 {
 	s := slices.Clone(xs)
 	slices.Sort(s)
 	n := len(s)
+	if n == 0 {
+		return 0
+	}
 	if n%2 == 1 {
 		return s[n/2]
 	}
