@@ -118,7 +118,8 @@ func (t *Tracer) start(s *Span, parent trace.SpanContext, name string, kind trac
 		return
 	}
 	var scc trace.SpanContextConfig
-	if parent.IsValid() {
+	valid := parent.IsValid()
+	if valid {
 		scc.TraceID = parent.TraceID()
 		scc.TraceState = parent.TraceState()
 	} else {
@@ -127,7 +128,14 @@ func (t *Tracer) start(s *Span, parent trace.SpanContext, name string, kind trac
 	}
 	scc.SpanID = newSpanID()
 	s.t = t
-	s.sampled = t.sampled(parent, scc.TraceID, name, kind, m.Probe)
+	switch { // Tracer.sampled, without checking the parent twice
+	case m.Probe:
+		s.sampled = true
+	case valid:
+		s.sampled = parent.IsSampled()
+	default:
+		s.sampled = t.sampled(parent, scc.TraceID, name, kind, false)
+	}
 	if s.sampled {
 		scc.TraceFlags = trace.FlagsSampled
 		t.stats.sampled.add(scc.TraceID)
