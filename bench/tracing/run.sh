@@ -10,7 +10,7 @@
 # allocs/op) and the median of the per-round ratios package/SDK. The raw output is kept
 # in OUT in the Go benchmark format, so benchstat can read it too.
 #
-#   ./bench/tracing/run.sh              # 10 rounds of 1s per benchmark: about 2 minutes
+#   ./bench/tracing/run.sh              # 10 rounds of 1s per benchmark: about 3 minutes
 #   ROUNDS=3 BENCHTIME=200ms ./bench/tracing/run.sh
 #   SUMMARY_ONLY=/tmp/raw.txt ./bench/tracing/run.sh   # summarise a kept run again
 set -euo pipefail
@@ -54,11 +54,14 @@ for b in $(awk '{n=$2; sub(/-[0-9]+$/, "", n); print n}' "$out" | awk '!seen[$0]
 done
 echo "(medians of the rounds; cpu-ns/op is the benchmark thread's CPU time, which a loaded machine inflates less)"
 echo
-for peer in sdk sdk-prebuilt; do
-	for kind in sampled unsampled; do
-		echo "ratio imtrace/$peer $kind, cpu-ns/op (median of per-round ratios): $(ratio "BenchmarkSpan/imtrace/$kind" "BenchmarkSpan/$peer/$kind" cpu-ns/op)"
+for pkg in imtrace imtrace-given; do
+	for peer in sdk sdk-prebuilt; do
+		for kind in sampled unsampled; do
+			echo "ratio $pkg/$peer $kind, cpu-ns/op (median of per-round ratios): $(ratio "BenchmarkSpan/$pkg/$kind" "BenchmarkSpan/$peer/$kind" cpu-ns/op)"
+		done
 	done
 done
 for kind in sampled unsampled; do # (headonly reads no clock)
 	echo "imtrace $kind minus the two clock reads, cpu-ns/op (median per round): $(OP=- ratio "BenchmarkSpan/imtrace/$kind" BenchmarkClock cpu-ns/op)"
+	echo "imtrace $kind reading the clock minus given its times, cpu-ns/op (median per round): $(OP=- ratio "BenchmarkSpan/imtrace/$kind" "BenchmarkSpan/imtrace-given/$kind" cpu-ns/op)"
 done

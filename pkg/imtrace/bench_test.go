@@ -4,6 +4,7 @@ import (
 	"context"
 	"runtime"
 	"testing"
+	"time"
 	"unsafe"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -37,6 +38,18 @@ func (p discardProcessor) OnEnd(s sdktrace.ReadOnlySpan) {
 func (discardProcessor) Shutdown(context.Context) error   { return nil }
 func (discardProcessor) ForceFlush(context.Context) error { return nil }
 
+// readingProcessor reads what an exporter reads of a span, then drops it.
+type readingProcessor struct{ discardProcessor }
+
+var benchSink int
+
+func (readingProcessor) OnEnd(s sdktrace.ReadOnlySpan) {
+	benchSink += len(s.Attributes()) + len(s.Events()) + s.StartTime().Nanosecond() + s.EndTime().Nanosecond()
+	if r, ok := s.(*record); ok {
+		r.release()
+	}
+}
+
 func benchTracer(b *testing.B) *Tracer {
 	t, err := New(Config{Service: "bench", Instance: "1", Processor: discardProcessor{recycle: true}, Ratio: 1})
 	if err != nil {
@@ -64,6 +77,9 @@ func threadCPU(b *testing.B) func() {
 }
 
 func BenchmarkSpan(b *testing.B) {
+	// given is a time as the hop has it from its own time.Now(): the
+	// "given" variants pass it to StartAt and EndAt and read no clock.
+	given := time.Now()
 	for _, c := range []struct {
 		name   string
 		parent trace.SpanContext
@@ -77,6 +93,33 @@ func BenchmarkSpan(b *testing.B) {
 				sp.End()
 			}
 		})
+		b.Run("imtrace-given/"+c.name, func(b *testing.B) {
+			t := benchTracer(b)
+			b.ReportAllocs()
+			defer threadCPU(b)()
+			for b.Loop() {
+				sp := t.StartAt(c.parent, SpanLogicHandle, trace.SpanKindServer, benchMsg, given)
+				sp.EndAt(given)
+			}
+		})
+		if c.name == "sampled" {
+			// What the export side adds: the processor reads the span as
+			// the exporter does (times, attributes, events), which builds
+			// what End leaves to export time.
+			b.Run("imtrace-exportside/sampled", func(b *testing.B) {
+				t, err := New(Config{Service: "bench", Instance: "1", Processor: readingProcessor{}, Ratio: 1})
+				if err != nil {
+					b.Fatal(err)
+				}
+				t.recycle, t.ownPipeline = true, true // as with the package's exporter
+				b.ReportAllocs()
+				defer threadCPU(b)()
+				for b.Loop() {
+					sp := t.Start(c.parent, SpanLogicHandle, trace.SpanKindServer, benchMsg)
+					sp.End()
+				}
+			})
+		}
 		if c.name == "unsampled" {
 			// The tail part off (Config.TailBuffer < 0): head sampling only.
 			b.Run("imtrace/unsampled-headonly", func(b *testing.B) {

@@ -35,3 +35,12 @@ func wallTime(mono int64) time.Time {
 	}
 	return a.wall.Add(time.Duration(mono - a.mono))
 }
+
+// monoAt is the monotonic reading of at, a time the hop read with
+// time.Now(): no clock read of its own. A zero at reads the clock.
+func monoAt(at time.Time) int64 {
+	if at.IsZero() {
+		return monoNow()
+	}
+	return int64(at.Sub(epoch))
+}

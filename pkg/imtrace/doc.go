@@ -16,6 +16,10 @@
 //	}
 //	sp.End()
 //
+// A hop that has read time.Now() for its own metrics passes it on
+// (StartAt, StartLinkedAt, EndAt), so that the span reads no clock of its
+// own: two reads of the monotonic clock are a good part of a span's cost.
+//
 // # Sampling
 //
 // The rule, exactly:
@@ -59,7 +63,9 @@
 // A hop span does not go through the SDK's span implementation: Start fills
 // a Span value on the caller's stack, and End hands a pooled
 // sdktrace.ReadOnlySpan to the SDK's batch span processor (sampled) or
-// copies the span into the tail buffer (unsampled). Neither allocates; the
+// copies the span into the tail buffer (unsampled). The attributes are
+// built from the Message when the exporter first reads the span, on the
+// batch processor's goroutine. Neither allocates; the
 // figures against the bare SDK are in docs/benchmarks.md ("Tracing: span
 // cost"). Tracing switched off (Config.Disabled, or a nil *Tracer) costs a
 // nil check: Inject then writes nothing, so a frame or header passes on

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 	"reflect"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -40,7 +42,8 @@ const (
 )
 
 // spanData is everything a hop span holds until it ends; an unsampled span's
-// copy of it waits in the tail buffer.
+// copy of it waits in the tail buffer. The attributes are built from it only
+// when the span is exported, so a span that never is builds none.
 type spanData struct {
 	name      string
 	kind      trace.SpanKind
@@ -51,12 +54,11 @@ type spanData struct {
 	msg       Message
 	links     []trace.Link
 	errType   string
-	errMsg    string
-	failed    bool
-	kept      string
+	errMsg    string // the status message, and the exception's message
 	excpType  string
-	excpMsg   string
+	failed    bool
 	hasExcept bool
+	kept      string
 }
 
 // Span is one hop's span. It is a value: keep it in a variable and call End
@@ -72,9 +74,18 @@ type Span struct {
 // Start begins a hop span named name (one of the Span* names) as a child of
 // parent, the context read from the frame or header (Parse, ParseHeader) or
 // another span's SpanContext; an invalid parent starts a new trace. The
-// sampling decision is made here, once (see the package doc).
+// sampling decision is made here, once (see the package doc). The span's
+// start time is read from the clock; StartAt takes one the hop has read.
 func (t *Tracer) Start(parent trace.SpanContext, name string, kind trace.SpanKind, m Message) (s Span) {
-	t.start(&s, parent, name, kind, &m, nil)
+	t.start(&s, parent, name, kind, &m, nil, time.Time{})
+	return s
+}
+
+// StartAt is Start at a start time the hop has already read from the clock
+// (time.Now(), with its monotonic reading) for its own metrics, so that the
+// span reads none. A zero at reads the clock.
+func (t *Tracer) StartAt(parent trace.SpanContext, name string, kind trace.SpanKind, m Message, at time.Time) (s Span) {
+	t.start(&s, parent, name, kind, &m, nil, at)
 	return s
 }
 
@@ -82,26 +93,33 @@ func (t *Tracer) Start(parent trace.SpanContext, name string, kind trace.SpanKin
 // fan-out starts links to the span that fanned out (FanoutLink). links is
 // kept, not copied: do not change it afterwards.
 func (t *Tracer) StartLinked(parent trace.SpanContext, name string, kind trace.SpanKind, m Message, links []trace.Link) (s Span) {
-	t.start(&s, parent, name, kind, &m, links)
+	t.start(&s, parent, name, kind, &m, links, time.Time{})
+	return s
+}
+
+// StartLinkedAt is StartLinked at a start time the hop has read (StartAt).
+func (t *Tracer) StartLinkedAt(parent trace.SpanContext, name string, kind trace.SpanKind, m Message, links []trace.Link, at time.Time) (s Span) {
+	t.start(&s, parent, name, kind, &m, links, at)
 	return s
 }
 
 // StartInto is Start writing the span into *s, which must be the zero Span:
 // for a span kept in a struct of the caller's (a request waiting for its
-// answer), where assigning Start's result would copy some 400 bytes once more.
+// answer), where assigning Start's result would copy the Span once more.
 func (t *Tracer) StartInto(s *Span, parent trace.SpanContext, name string, kind trace.SpanKind, m Message) {
-	t.start(s, parent, name, kind, &m, nil)
+	t.start(s, parent, name, kind, &m, nil, time.Time{})
 }
 
-// start fills the caller's result in place: a Span is some 400 bytes, and
-// copying it once more costs as much as the rest of an unsampled span.
-func (t *Tracer) start(s *Span, parent trace.SpanContext, name string, kind trace.SpanKind, m *Message, links []trace.Link) {
+// start fills the caller's result in place: copying a Span once more costs
+// as much as the rest of an unsampled span.
+func (t *Tracer) start(s *Span, parent trace.SpanContext, name string, kind trace.SpanKind, m *Message, links []trace.Link, at time.Time) {
 	if t == nil {
 		s.d.sc = parent
 		return
 	}
 	var scc trace.SpanContextConfig
-	if parent.IsValid() {
+	valid := parent.IsValid()
+	if valid {
 		scc.TraceID = parent.TraceID()
 		scc.TraceState = parent.TraceState()
 	} else {
@@ -110,22 +128,33 @@ func (t *Tracer) start(s *Span, parent trace.SpanContext, name string, kind trac
 	}
 	scc.SpanID = newSpanID()
 	s.t = t
-	s.sampled = t.sampled(parent, scc.TraceID, name, kind, m.Probe)
+	switch { // Tracer.sampled, without checking the parent twice
+	case m.Probe:
+		s.sampled = true
+	case valid:
+		s.sampled = parent.IsSampled()
+	default:
+		s.sampled = t.sampled(parent, scc.TraceID, name, kind, false)
+	}
 	if s.sampled {
 		scc.TraceFlags = trace.FlagsSampled
-		t.stats.sampled.Add(1)
-	} else {
-		t.stats.unsampled.Add(1)
+		t.stats.sampled.add(scc.TraceID)
+	} else if !t.tailOn {
+		// Head sampling only: the span records nothing but the context it
+		// passes on. (With the tail part on, the tail buffer counts the
+		// unsampled spans under the lock it takes anyway.)
+		t.stats.unsampled.add(scc.TraceID)
+		s.d.sc = trace.NewSpanContext(scc)
+		return
 	}
-	s.d.sc = trace.NewSpanContext(scc)
-	s.d.parent = parent
-	s.d.name = name
-	s.d.kind = kind
-	s.d.msg = *m
-	s.d.links = links
-	if s.sampled || t.tailOn {
-		s.d.start = monoNow()
-	}
+	d := &s.d
+	d.sc = trace.NewSpanContext(scc)
+	d.parent = parent
+	d.name = name
+	d.kind = kind
+	d.msg = *m
+	d.links = links
+	d.start = monoAt(at)
 }
 
 // Ids come from math/rand/v2's per-thread ChaCha8 generator: random enough
@@ -161,7 +190,7 @@ func (s *Span) Sampled() bool { return s.sampled }
 
 // Message is the span's message, to fill in what a hop learns on the way
 // (the logic learns the message id and sequence when it has stored it).
-// The attributes are taken from it at End.
+// The attributes are taken from it when the span is exported.
 func (s *Span) Message() *Message { return &s.d.msg }
 
 // Context returns ctx carrying the span's context, as parent for spans of
@@ -178,7 +207,7 @@ func (s *Span) Context(ctx context.Context) context.Context {
 // already promoted says "sampled", so that the next hops keep theirs.
 func (s *Span) Traceparent() string {
 	sc := s.d.sc
-	if s.t != nil && !s.sampled && s.t.tail.isPromoted(sc.TraceID()) {
+	if s.t != nil && !s.sampled && s.t.tailOn && s.t.tail.isPromoted(sc.TraceID(), s.d.start) {
 		sc = sc.WithTraceFlags(sc.TraceFlags() | trace.FlagsSampled)
 	}
 	return Format(sc)
@@ -208,7 +237,6 @@ func (s *Span) SetError(err error) {
 	s.d.errMsg = err.Error()
 	s.d.hasExcept = true
 	s.d.excpType = errorType(err)
-	s.d.excpMsg = s.d.errMsg
 }
 
 // SetErrorCode marks the span failed with an IM error code (error.type) and a
@@ -230,10 +258,16 @@ func errorType(err error) string {
 	return t.PkgPath() + "." + t.Name()
 }
 
-// End ends the span. A sampled span goes to the exporter; an unsampled one
-// into the tail buffer, unless it failed or was slow: then it and the
-// buffered spans of its trace are exported. Calls after the first do nothing.
-func (s *Span) End() {
+// End ends the span now, reading the clock (EndAt takes a time the hop has
+// read). A sampled span goes to the exporter; an unsampled one into the tail
+// buffer, unless it failed or was slow: then it and the buffered spans of
+// its trace are exported. Calls after the first do nothing.
+func (s *Span) End() { s.EndAt(time.Time{}) }
+
+// EndAt is End at an end time the hop has already read from the clock
+// (StartAt), so that the span reads none; a zero at reads the clock. An end
+// before the span's start is taken as its start.
+func (s *Span) EndAt(at time.Time) {
 	if s.t == nil || s.ended {
 		return
 	}
@@ -242,26 +276,27 @@ func (s *Span) End() {
 	if !s.sampled && !t.tailOn {
 		return // head sampling only: an unsampled span is not recorded
 	}
-	s.d.end = monoNow()
+	d := &s.d
+	d.end = max(monoAt(at), d.start)
 	if s.sampled {
-		t.export(&s.d)
+		t.export(d)
 		return
 	}
-	slow := t.slow >= 0 && s.d.end-s.d.start >= t.slow
-	if !s.d.failed && !slow {
-		if t.tail.put(&s.d) {
-			t.promote(&s.d) // its trace was promoted before
+	slow := t.slow >= 0 && d.end-d.start >= t.slow
+	if !d.failed && !slow {
+		if t.tail.put(d) {
+			t.promote(d) // its trace was promoted before
 		}
 		return
 	}
-	s.d.kept = KeptSlow
-	if s.d.failed {
-		s.d.kept = KeptErr
+	d.kept = KeptSlow
+	if d.failed {
+		d.kept = KeptErr
 	}
-	for _, d := range t.tail.promote(s.d.sc.TraceID(), s.d.end) {
-		t.promote(&d)
+	for _, b := range t.tail.promote(d.sc.TraceID(), d.end) {
+		t.promote(&b)
 	}
-	t.promote(&s.d)
+	t.promote(d)
 }
 
 func (t *Tracer) promote(d *spanData) {
@@ -280,17 +315,23 @@ func (t *Tracer) export(d *spanData) {
 	} else {
 		r = new(record)
 	}
-	r.fill(t, d)
+	r.ReadOnlySpan = baseSpan
+	r.t = t
+	r.shared = !t.ownPipeline
+	r.d = *d
 	t.out.OnEnd(r)
 }
 
-// maxAttrs is the most attributes fill sets: system, operation type, the
+// maxAttrs is the most attributes build sets: system, operation type, the
 // ten Message fields, error.type and imwatch.kept.
 const maxAttrs = 14
 
 // record is a hop span as the SDK's processors and exporters see it: an
 // sdktrace.ReadOnlySpan made directly, without the SDK's span machinery,
-// so that a sampled span costs one pooled record and no copies.
+// so that a sampled span costs one pooled record and no copies. Its
+// attributes, event and wall-clock times are built from d when a processor
+// or the exporter first asks for them, which the batch processor does on
+// its own goroutine, not the hop's.
 type record struct {
 	// base is a real SDK span: the interface has an unexported method, and
 	// methods added to it in later SDK versions answer with base's (empty)
@@ -299,6 +340,9 @@ type record struct {
 
 	t      *Tracer
 	d      spanData
+	built  atomic.Bool
+	shared bool       // readers may come concurrently: build under mu
+	mu     sync.Mutex // held while building a shared record
 	start  time.Time
 	end    time.Time
 	attrs  [maxAttrs]attribute.KeyValue
@@ -309,10 +353,30 @@ type record struct {
 	nevent int
 }
 
-func (r *record) fill(t *Tracer, d *spanData) {
-	r.ReadOnlySpan = baseSpan
-	r.t = t
-	r.d = *d
+// ready builds what the record's readers see, once. The package's own
+// pipeline hands each record to one export call, on one goroutine, so only
+// a record given to a Config.Processor, whose readers may be several and
+// concurrent, needs the lock.
+func (r *record) ready() *record {
+	if r.built.Load() {
+		return r
+	}
+	if !r.shared {
+		r.build()
+		r.built.Store(true)
+		return r
+	}
+	r.mu.Lock()
+	if !r.built.Load() {
+		r.build()
+		r.built.Store(true)
+	}
+	r.mu.Unlock()
+	return r
+}
+
+func (r *record) build() {
+	d := &r.d
 	r.start, r.end = wallTime(d.start), wallTime(d.end)
 	a := r.attrs[:0]
 	a = append(a, systemAttr)
@@ -356,7 +420,7 @@ func (r *record) fill(t *Tracer, d *spanData) {
 	r.nevent = 0
 	if d.hasExcept {
 		r.evAttr[0] = semconv.ExceptionTypeKey.String(d.excpType)
-		r.evAttr[1] = semconv.ExceptionMessageKey.String(d.excpMsg)
+		r.evAttr[1] = semconv.ExceptionMessageKey.String(d.errMsg)
 		r.event[0] = sdktrace.Event{Name: semconv.ExceptionEventName, Attributes: r.evAttr[:], Time: r.end}
 		r.nevent = 1
 	}
@@ -365,9 +429,13 @@ func (r *record) fill(t *Tracer, d *spanData) {
 // release clears the references the record holds and pools it.
 func (r *record) release() {
 	r.d = spanData{}
-	clear(r.attrs[:r.nattrs])
-	clear(r.links)
-	r.event[0] = sdktrace.Event{}
+	if r.built.Load() {
+		clear(r.attrs[:r.nattrs])
+		clear(r.links)
+		r.event[0] = sdktrace.Event{}
+		r.nattrs, r.nevent = 0, 0
+		r.built.Store(false)
+	}
 	r.t = nil
 	recordPool.Put(r)
 }
@@ -393,11 +461,11 @@ func (r *record) Name() string                     { return r.d.name }
 func (r *record) SpanContext() trace.SpanContext   { return r.d.sc }
 func (r *record) Parent() trace.SpanContext        { return r.d.parent }
 func (r *record) SpanKind() trace.SpanKind         { return r.d.kind }
-func (r *record) StartTime() time.Time             { return r.start }
-func (r *record) EndTime() time.Time               { return r.end }
-func (r *record) Attributes() []attribute.KeyValue { return r.attrs[:r.nattrs:r.nattrs] }
-func (r *record) Links() []sdktrace.Link           { return r.links }
-func (r *record) Events() []sdktrace.Event         { return r.event[:r.nevent:r.nevent] }
+func (r *record) StartTime() time.Time             { return r.ready().start }
+func (r *record) EndTime() time.Time               { return r.ready().end }
+func (r *record) Attributes() []attribute.KeyValue { r.ready(); return r.attrs[:r.nattrs:r.nattrs] }
+func (r *record) Links() []sdktrace.Link           { return r.ready().links }
+func (r *record) Events() []sdktrace.Event         { r.ready(); return r.event[:r.nevent:r.nevent] }
 func (r *record) InstrumentationScope() instrumentation.Scope {
 	return r.t.scope
 }

@@ -3,6 +3,7 @@ package imtrace
 import (
 	"encoding/binary"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -29,8 +30,9 @@ type tailShard struct {
 	next     int
 	promoted [promotedKept]uint64 // low halves of promoted trace ids; 0 = free
 	pnext    int
-	lastProm int64    // monotonic time of the last promotion; 0 = none
-	_        [64]byte // keep shards on separate cache lines
+	ended    uint64       // unsampled spans ended into this shard (Stats.Unsampled)
+	lastProm atomic.Int64 // monotonic time of the last promotion; 0 = none. Written under mu
+	_        [64]byte     // keep shards on separate cache lines
 }
 
 func (b *tailBuffer) init(t *Tracer, size int, window time.Duration) {
@@ -47,7 +49,7 @@ func traceKey(id trace.TraceID) uint64 { return binary.BigEndian.Uint64(id[8:]) 
 func (b *tailBuffer) shard(key uint64) *tailShard { return &b.shards[key>>1&(tailShards-1)] }
 
 func (s *tailShard) isPromoted(key uint64, now int64, window int64) bool {
-	if s.lastProm == 0 || now-s.lastProm > window {
+	if p := s.lastProm.Load(); p == 0 || now-p > window {
 		return false // nothing promoted lately: a trace is remembered for the window
 	}
 	for _, p := range s.promoted {
@@ -58,12 +60,17 @@ func (s *tailShard) isPromoted(key uint64, now int64, window int64) bool {
 	return false
 }
 
-// isPromoted reports whether the trace was promoted in this process lately.
-func (b *tailBuffer) isPromoted(id trace.TraceID) bool {
+// isPromoted reports whether the trace was promoted in this process lately,
+// as of now (a span's start time will do: the window is seconds long).
+// Without a promotion in the shard within the window it takes no lock.
+func (b *tailBuffer) isPromoted(id trace.TraceID, now int64) bool {
 	key := traceKey(id)
 	s := b.shard(key)
+	if p := s.lastProm.Load(); p == 0 || now-p > int64(b.window) {
+		return false
+	}
 	s.mu.Lock()
-	p := s.isPromoted(key, monoNow(), int64(b.window))
+	p := s.isPromoted(key, now, int64(b.window))
 	s.mu.Unlock()
 	return p
 }
@@ -74,6 +81,7 @@ func (b *tailBuffer) put(d *spanData) bool {
 	key := traceKey(d.sc.TraceID())
 	s := b.shard(key)
 	s.mu.Lock()
+	s.ended++
 	if s.isPromoted(key, d.end, int64(b.window)) {
 		s.mu.Unlock()
 		return true
@@ -97,19 +105,21 @@ func (b *tailBuffer) put(d *spanData) bool {
 	return false
 }
 
-// promote marks the trace promoted and takes its buffered spans that ended
-// within the window before now out of the buffer.
+// promote marks the trace promoted, counts the span that promotes it and
+// takes the trace's buffered spans that ended within the window before now
+// out of the buffer.
 func (b *tailBuffer) promote(id trace.TraceID, now int64) []spanData {
 	key := traceKey(id)
 	s := b.shard(key)
 	var out []spanData
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.ended++
 	if !s.isPromoted(key, now, int64(b.window)) {
 		s.promoted[s.pnext] = key
 		s.pnext = (s.pnext + 1) % promotedKept
 	}
-	s.lastProm = now
+	s.lastProm.Store(now)
 	for i := range s.ring {
 		e := &s.ring[i]
 		if e.name != "" && e.sc.TraceID() == id && now-e.end < int64(b.window) {
@@ -118,4 +128,16 @@ func (b *tailBuffer) promote(id trace.TraceID, now int64) []spanData {
 		}
 	}
 	return out
+}
+
+// ended is the number of unsampled spans that ended into the buffer: put
+// and promote count them under the shard's lock, which they take anyway.
+func (b *tailBuffer) ended() (n uint64) {
+	for i := range b.shards {
+		s := &b.shards[i]
+		s.mu.Lock()
+		n += s.ended
+		s.mu.Unlock()
+	}
+	return n
 }

@@ -141,30 +141,53 @@ func (c Config) Validate() error {
 // Tracer starts the hop spans of one process. A nil *Tracer, and one made
 // with Config.Disabled, traces nothing and passes trace context on unchanged.
 type Tracer struct {
-	res      *resource.Resource
-	scope    instrumentation.Scope
-	ratio    sdktrace.Sampler // TraceIDRatioBased: the root decision
-	slow     int64            // ns; <0 never
-	tailOn   bool             // unsampled spans are recorded for promotion
-	out      sdktrace.SpanProcessor
-	bounded  *boundedProcessor // nil with Config.Processor
-	recycle  bool              // records go back to the pool after export
-	provider *sdktrace.TracerProvider
-	tail     tailBuffer
-	stats    counters
-	closed   atomic.Bool
+	res     *resource.Resource
+	scope   instrumentation.Scope
+	ratio   sdktrace.Sampler // TraceIDRatioBased: the root decision
+	slow    int64            // ns; <0 never
+	tailOn  bool             // unsampled spans are recorded for promotion
+	out     sdktrace.SpanProcessor
+	bounded *boundedProcessor // nil with Config.Processor
+	recycle bool              // records go back to the pool after export
+	// ownPipeline: the records go only to the package's exporter, through
+	// the SDK's batch processor, which reads each on one goroutine.
+	ownPipeline bool
+	provider    *sdktrace.TracerProvider
+	tail        tailBuffer
+	stats       counters
+	closed      atomic.Bool
 }
 
 type counters struct {
-	sampled, unsampled, promoted, tailDropped atomic.Uint64
-	exported, exportFailed, exportDropped     atomic.Uint64
+	sampled, unsampled                    stripedCounter
+	promoted, tailDropped                 atomic.Uint64
+	exported, exportFailed, exportDropped atomic.Uint64
+}
+
+// stripedCounter is a counter that every span adds to: one stripe per
+// cache line, picked by the trace id, so that hops of different messages on
+// different cores do not contend for one line.
+type stripedCounter [counterStripes]struct {
+	n atomic.Uint64
+	_ [56]byte
+}
+
+const counterStripes = 8 // power of two
+
+func (c *stripedCounter) add(id trace.TraceID) { c[id[15]&(counterStripes-1)].n.Add(1) }
+
+func (c *stripedCounter) load() (n uint64) {
+	for i := range c {
+		n += c[i].n.Load()
+	}
+	return n
 }
 
 // Stats are the tracer's counters since it was made; the IM exports them
 // as metrics.
 type Stats struct {
 	Sampled       uint64 // hop spans sampled at start (ratio, parent or probe)
-	Unsampled     uint64 // hop spans not sampled at start (kept in the tail buffer unless it is off)
+	Unsampled     uint64 // hop spans not sampled at start (kept in the tail buffer unless it is off); with the tail part on, counted when they end
 	Promoted      uint64 // unsampled spans exported after all: their trace had an error or a slow span
 	TailDropped   uint64 // unsampled spans pushed out of the full tail buffer within TailWindow
 	Exported      uint64 // spans the exporter accepted
@@ -179,7 +202,7 @@ func (t *Tracer) Stats() Stats {
 	}
 	s := &t.stats
 	return Stats{
-		Sampled: s.sampled.Load(), Unsampled: s.unsampled.Load(), Promoted: s.promoted.Load(),
+		Sampled: s.sampled.load(), Unsampled: s.unsampled.load() + t.tail.ended(), Promoted: s.promoted.Load(),
 		TailDropped: s.tailDropped.Load(), Exported: s.exported.Load(), ExportFailed: s.exportFailed.Load(),
 		ExportDropped: s.exportDropped.Load(),
 	}
@@ -217,6 +240,7 @@ func New(cfg Config) (*Tracer, error) {
 		exp := newHTTPExporter(cfg.Endpoint, cfg.ExportTimeout)
 		exp.gzip = cfg.Compression != "none"
 		t.recycle = true
+		t.ownPipeline = true
 		t.bounded = &boundedProcessor{limit: int64(cfg.QueueSize), t: t}
 		t.bounded.next = sdktrace.NewBatchSpanProcessor(&countingExporter{next: exp, t: t},
 			sdktrace.WithMaxQueueSize(cfg.QueueSize),

@@ -499,3 +499,74 @@ func TestTailOff(t *testing.T) {
 		t.Errorf("an unsampled span allocates %v times", n)
 	}
 }
+
+// TestGivenTimes: a span given its times by the hop (StartAt, EndAt) is
+// exported with exactly those times, decides slowness by them, and an end
+// before the start is taken as the start.
+func TestGivenTimes(t *testing.T) {
+	t0 := time.Now()
+	cases := []struct {
+		name     string
+		parent   trace.SpanContext
+		end      time.Time
+		wantEnd  time.Time
+		wantKept string
+	}{
+		{"sampled", benchSampled, t0.Add(3 * time.Millisecond), t0.Add(3 * time.Millisecond), ""},
+		{"unsampled and slow by its given times", benchUnsampled, t0.Add(time.Second), t0.Add(time.Second), KeptSlow},
+		{"end before start", benchSampled, t0.Add(-time.Second), t0, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tr, rec := newTestTracer(t, Config{Ratio: 0, Slow: 500 * time.Millisecond})
+			sp := tr.StartAt(c.parent, SpanGatewayPush, trace.SpanKindConsumer, Message{ID: "m1"}, t0)
+			sp.EndAt(c.end)
+			got := rec.Ended()
+			if len(got) != 1 {
+				t.Fatalf("exported %d spans, want 1", len(got))
+			}
+			s := got[0]
+			if d := s.StartTime().Sub(t0); d < -time.Millisecond || d > time.Millisecond {
+				t.Errorf("start %v, want %v", s.StartTime(), t0)
+			}
+			if d := s.EndTime().Sub(c.wantEnd); d < -time.Millisecond || d > time.Millisecond {
+				t.Errorf("end %v, want %v", s.EndTime(), c.wantEnd)
+			}
+			if k := attrs(s)[KeyKept].AsString(); k != c.wantKept {
+				t.Errorf("imwatch.kept %q, want %q", k, c.wantKept)
+			}
+		})
+	}
+	// Given times, a sampled linked span also keeps its links.
+	tr, rec := newTestTracer(t, Config{Ratio: 1})
+	sp := tr.StartLinkedAt(trace.SpanContext{}, SpanGatewayPush, trace.SpanKindConsumer, Message{}, []trace.Link{FanoutLink(benchSampled, 3)}, t0)
+	sp.EndAt(t0)
+	if got := rec.Ended(); len(got) != 1 || len(got[0].Links()) != 1 || !got[0].EndTime().Equal(got[0].StartTime()) {
+		t.Fatalf("linked span given its times: %v", got)
+	}
+}
+
+// TestSampledSpanAllocations: a sampled span into the pooled records of the
+// package's exporter allocates nothing on the hop's side, and the export
+// side's reading (which builds the attributes) nothing either; the goal
+// allows two.
+func TestSampledSpanAllocations(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		p    sdktrace.SpanProcessor
+	}{{"hop side", discardProcessor{recycle: true}}, {"with the export side", readingProcessor{}}} {
+		t.Run(c.name, func(t *testing.T) {
+			tr, err := New(Config{Service: "test", Processor: c.p, Ratio: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tr.recycle = true
+			if n := testing.AllocsPerRun(1000, func() {
+				sp := tr.Start(benchSampled, SpanLogicHandle, trace.SpanKindServer, benchMsg)
+				sp.End()
+			}); n > 0 {
+				t.Errorf("a sampled span allocates %v times", n)
+			}
+		})
+	}
+}

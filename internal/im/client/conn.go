@@ -208,8 +208,8 @@ func (c *Client) serve(ctx context.Context, s *session) {
 // carries back to the logic node, which closes the trace.
 func (c *Client) received(ctx context.Context, s *session, f *protocol.Frame, read time.Time) {
 	tr := c.cfg.Tracer
-	rx := tr.Start(imtrace.Parse(f.Trace), imtrace.SpanClientReceive, trace.SpanKindConsumer, imtrace.Message{
-		ID: f.MsgID, Conv: f.Conv, Seq: f.Seq, User: f.From, Recipient: s.user, Probe: f.Probe})
+	rx := tr.StartAt(imtrace.Parse(f.Trace), imtrace.SpanClientReceive, trace.SpanKindConsumer, imtrace.Message{
+		ID: f.MsgID, Conv: f.Conv, Seq: f.Seq, User: f.From, Recipient: s.user, Probe: f.Probe}, read)
 	if !f.Sync {
 		a := protocol.Frame{Type: protocol.TypeDeliverAck, MsgID: f.MsgID, Conv: f.Conv, Seq: f.Seq, Trace: f.Trace}
 		ack := tr.Start(rx.SpanContext(), imtrace.SpanClientAck, trace.SpanKindProducer, imtrace.Message{

@@ -407,9 +407,10 @@ func (g *Gateway) handleDeliver(m *nats.Msg) {
 	if d.Msg.Group != "" && g.tr != nil {
 		links = []trace.Link{imtrace.FanoutLink(parent, len(d.Targets))}
 	}
-	sp := g.tr.StartLinked(parent, imtrace.SpanGatewayPush, trace.SpanKindConsumer, imtrace.Message{
+	// The span starts when the push arrived, the time its metrics use.
+	sp := g.tr.StartLinkedAt(parent, imtrace.SpanGatewayPush, trace.SpanKindConsumer, imtrace.Message{
 		ID: d.Msg.MsgID, Conv: d.Msg.Conv, Seq: d.Msg.Seq, User: d.Msg.From, Dest: g.cfg.ID,
-		Recipients: len(d.Targets), Attempt: d.Attempt, Probe: d.Msg.Probe}, links)
+		Recipients: len(d.Targets), Attempt: d.Attempt, Probe: d.Msg.Probe}, links, start)
 	// A fault here drops or holds the push inside its span, so that a
 	// dropped message's trace ends at this hop. This runs on the bus
 	// subscription's goroutine, shared by every push: a delay holds the

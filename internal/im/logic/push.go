@@ -180,8 +180,9 @@ func (p *pusher) handleAck(m *nats.Msg) {
 		if pp != nil {
 			msg.Conv, msg.Seq, msg.User, msg.Probe = pp.sm.Conv, pp.sm.Seq, pp.sm.From, pp.sm.Probe
 		}
-		sp := p.l.tr.Start(imtrace.Parse(a.Trace), imtrace.SpanLogicAck, trace.SpanKindConsumer, msg)
-		sp.End()
+		// A point in time, when the batch arrived: the time the metrics use.
+		sp := p.l.tr.StartAt(imtrace.Parse(a.Trace), imtrace.SpanLogicAck, trace.SpanKindConsumer, msg, now)
+		sp.EndAt(now)
 		if pp == nil {
 			continue
 		}
