@@ -52,6 +52,12 @@
 // records nothing (not even its times), and errors and slow spans of
 // unsampled traces are not kept.
 //
+// Promotion is bounded: at most Config.MaxPromotions traces a second
+// (DefaultMaxPromotions) per process; past that a failed or slow span stays
+// unsampled and is counted (Stats.PromotionsRefused). An overloaded part makes
+// every message slow, and promoting them all would add the export of every
+// span to its load just then.
+//
 // Promotion is per process: a hop in another process that ended its
 // unsampled span before the failure does not learn of it, so a promoted
 // trace holds this process's spans and the later hops' spans, and its

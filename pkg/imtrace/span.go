@@ -289,6 +289,15 @@ func (s *Span) EndAt(at time.Time) {
 		}
 		return
 	}
+	if !t.mayPromote(d.end) {
+		// Over the budget: an unsampled span like the others (kept whole
+		// only if its trace was promoted already).
+		t.stats.promRefused.Add(1)
+		if t.tail.put(d) {
+			t.promote(d)
+		}
+		return
+	}
 	d.kept = KeptSlow
 	if d.failed {
 		d.kept = KeptErr

@@ -31,6 +31,7 @@ const (
 	DefaultExportTimeout = 10 * time.Second
 	DefaultTailBuffer    = 16384
 	DefaultTailWindow    = 10 * time.Second
+	DefaultMaxPromotions = 50
 )
 
 // Config configures the tracing of one process.
@@ -69,6 +70,13 @@ type Config struct {
 	ExportTimeout time.Duration // one OTLP request (DefaultExportTimeout)
 	TailBuffer    int           // ended spans of unsampled traces kept for promotion (DefaultTailBuffer); negative: no tail part
 	TailWindow    time.Duration // how long an ended unsampled span may still be promoted (DefaultTailWindow)
+	// MaxPromotions bounds the traces this process promotes (an error or a
+	// slow span in an unsampled trace) per second; past it a failed or slow
+	// span stays unsampled and is counted (Stats.PromotionsRefused). When a
+	// part is overloaded every message is slow, and keeping them all would
+	// add the export of every span to the load. DefaultMaxPromotions when
+	// 0; negative: no bound.
+	MaxPromotions int
 }
 
 // DefaultConfig is the configuration of `imwatch up`'s parts: the default
@@ -91,6 +99,7 @@ func (c *Config) setDefaults() {
 	def(&c.QueueSize, DefaultQueueSize)
 	def(&c.BatchSize, DefaultBatchSize)
 	def(&c.TailBuffer, DefaultTailBuffer)
+	def(&c.MaxPromotions, DefaultMaxPromotions)
 	defDur(&c.Slow, DefaultSlow)
 	defDur(&c.BatchTimeout, DefaultBatchTimeout)
 	defDur(&c.ExportTimeout, DefaultExportTimeout)
@@ -155,12 +164,16 @@ type Tracer struct {
 	provider    *sdktrace.TracerProvider
 	tail        tailBuffer
 	stats       counters
-	closed      atomic.Bool
+	// Promotions in the current second (promSec, in monotonic seconds),
+	// at most maxProm (negative: no bound).
+	maxProm        int64
+	promSec, promN atomic.Int64
+	closed         atomic.Bool
 }
 
 type counters struct {
 	sampled, unsampled                    stripedCounter
-	promoted, tailDropped                 atomic.Uint64
+	promoted, tailDropped, promRefused    atomic.Uint64
 	exported, exportFailed, exportDropped atomic.Uint64
 }
 
@@ -186,13 +199,16 @@ func (c *stripedCounter) load() (n uint64) {
 // Stats are the tracer's counters since it was made; the IM exports them
 // as metrics.
 type Stats struct {
-	Sampled       uint64 // hop spans sampled at start (ratio, parent or probe)
-	Unsampled     uint64 // hop spans not sampled at start (kept in the tail buffer unless it is off); with the tail part on, counted when they end
-	Promoted      uint64 // unsampled spans exported after all: their trace had an error or a slow span
-	TailDropped   uint64 // unsampled spans pushed out of the full tail buffer within TailWindow
-	Exported      uint64 // spans the exporter accepted
-	ExportFailed  uint64 // spans whose export failed (after the exporter's retries)
-	ExportDropped uint64 // spans refused because the export queue was full
+	Sampled     uint64 // hop spans sampled at start (ratio, parent or probe)
+	Unsampled   uint64 // hop spans not sampled at start (kept in the tail buffer unless it is off); with the tail part on, counted when they end
+	Promoted    uint64 // unsampled spans exported after all: their trace had an error or a slow span
+	TailDropped uint64 // unsampled spans pushed out of the full tail buffer within TailWindow
+	// PromotionsRefused are failed or slow unsampled spans that did not
+	// promote their trace: MaxPromotions traces were promoted in that second.
+	PromotionsRefused uint64
+	Exported          uint64 // spans the exporter accepted
+	ExportFailed      uint64 // spans whose export failed (after the exporter's retries)
+	ExportDropped     uint64 // spans refused because the export queue was full
 }
 
 // Stats returns the counters.
@@ -203,9 +219,22 @@ func (t *Tracer) Stats() Stats {
 	s := &t.stats
 	return Stats{
 		Sampled: s.sampled.load(), Unsampled: s.unsampled.load() + t.tail.ended(), Promoted: s.promoted.Load(),
-		TailDropped: s.tailDropped.Load(), Exported: s.exported.Load(), ExportFailed: s.exportFailed.Load(),
+		TailDropped: s.tailDropped.Load(), PromotionsRefused: s.promRefused.Load(), Exported: s.exported.Load(), ExportFailed: s.exportFailed.Load(),
 		ExportDropped: s.exportDropped.Load(),
 	}
+}
+
+// mayPromote takes one promotion of the second of now (monotonic ns) from
+// the budget, or reports that it is spent.
+func (t *Tracer) mayPromote(now int64) bool {
+	if t.maxProm < 0 {
+		return true
+	}
+	sec := now / int64(time.Second)
+	if cur := t.promSec.Load(); cur != sec && t.promSec.CompareAndSwap(cur, sec) {
+		t.promN.Store(0)
+	}
+	return t.promN.Add(1) <= t.maxProm
 }
 
 // New makes the tracer of a process from cfg: it validates cfg, builds the
@@ -227,10 +256,11 @@ func New(cfg Config) (*Tracer, error) {
 		return nil, fmt.Errorf("tracing resource: %w", err)
 	}
 	t := &Tracer{
-		res:   res,
-		scope: instrumentation.Scope{Name: ScopeName, SchemaURL: semconv.SchemaURL},
-		ratio: sdktrace.TraceIDRatioBased(cfg.Ratio),
-		slow:  int64(cfg.Slow),
+		res:     res,
+		scope:   instrumentation.Scope{Name: ScopeName, SchemaURL: semconv.SchemaURL},
+		ratio:   sdktrace.TraceIDRatioBased(cfg.Ratio),
+		slow:    int64(cfg.Slow),
+		maxProm: int64(cfg.MaxPromotions),
 	}
 	t.tailOn = cfg.TailBuffer > 0
 	t.tail.init(t, max(cfg.TailBuffer, 0), cfg.TailWindow)

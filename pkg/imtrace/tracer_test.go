@@ -570,3 +570,35 @@ func TestSampledSpanAllocations(t *testing.T) {
 		})
 	}
 }
+
+// TestPromotionsBounded: past MaxPromotions traces in a second, a failed
+// unsampled span stays unsampled and is counted; the next second has a new
+// budget.
+func TestPromotionsBounded(t *testing.T) {
+	tr, rec := newTestTracer(t, Config{Ratio: 0, MaxPromotions: 3})
+	at := time.Now()
+	fail := func(end time.Time) {
+		sp := tr.StartAt(trace.SpanContext{}, SpanLogicHandle, trace.SpanKindServer, Message{}, end)
+		sp.SetErrorCode("unavailable", "no logic node answered")
+		sp.EndAt(end)
+	}
+	for range 10 {
+		fail(at)
+	}
+	if n, st := len(rec.Ended()), tr.Stats(); n != 3 || st.Promoted != 3 || st.PromotionsRefused != 7 {
+		t.Fatalf("in one second: %d exported, stats %+v; want 3 promoted and 7 refused", n, st)
+	}
+	fail(at.Add(time.Second))
+	if n := len(rec.Ended()); n != 4 {
+		t.Fatalf("the next second: %d exported, want 4", n)
+	}
+	unbounded, rec2 := newTestTracer(t, Config{Ratio: 0, MaxPromotions: -1})
+	for range 10 {
+		sp := unbounded.StartAt(trace.SpanContext{}, SpanLogicHandle, trace.SpanKindServer, Message{}, at)
+		sp.SetErrorCode("unavailable", "x")
+		sp.EndAt(at)
+	}
+	if n := len(rec2.Ended()); n != 10 {
+		t.Fatalf("MaxPromotions -1: %d exported, want 10", n)
+	}
+}

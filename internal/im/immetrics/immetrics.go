@@ -285,7 +285,7 @@ func (s *Set) Tracing(tr *imtrace.Tracer) {
 
 var (
 	traceSpansDesc = prometheus.NewDesc("imwatch_trace_spans_total",
-		"Hop spans by what became of them at start and end: sampled, unsampled (head decision), promoted (unsampled but kept: an error or a slow span in its trace), tail_dropped (unsampled, pushed out of the full tail buffer while it could still have been promoted).",
+		"Hop spans by what became of them at start and end: sampled, unsampled (head decision), promoted (unsampled but kept: an error or a slow span in its trace), tail_dropped (unsampled, pushed out of the full tail buffer while it could still have been promoted), promotion_refused (an error or slow span that did not promote its trace: the tracer's promotions per second were spent).",
 		[]string{"result"}, nil)
 	traceExportDesc = prometheus.NewDesc("imwatch_trace_export_spans_total",
 		"Spans handed to the OTLP exporter by outcome: exported (the receiver accepted them), failed (the export failed after its retries), dropped (refused: the export queue was full).",
@@ -308,6 +308,7 @@ func (c tracerCollector) Collect(ch chan<- prometheus.Metric) {
 	}{
 		{traceSpansDesc, "sampled", st.Sampled}, {traceSpansDesc, "unsampled", st.Unsampled},
 		{traceSpansDesc, "promoted", st.Promoted}, {traceSpansDesc, "tail_dropped", st.TailDropped},
+		{traceSpansDesc, "promotion_refused", st.PromotionsRefused},
 		{traceExportDesc, "exported", st.Exported}, {traceExportDesc, "failed", st.ExportFailed},
 		{traceExportDesc, "dropped", st.ExportDropped},
 	} {
