@@ -99,9 +99,10 @@ func TestTracingStats(t *testing.T) {
 		sp.End()
 	}
 	want := `
-# HELP imwatch_trace_spans_total Hop spans by what became of them at start and end: sampled, unsampled (head decision), promoted (unsampled but kept: an error or a slow span in its trace), tail_dropped (unsampled, pushed out of the full tail buffer while it could still have been promoted).
+# HELP imwatch_trace_spans_total Hop spans by what became of them at start and end: sampled, unsampled (head decision), promoted (unsampled but kept: an error or a slow span in its trace), tail_dropped (unsampled, pushed out of the full tail buffer while it could still have been promoted), promotion_refused (an error or slow span that did not promote its trace: the tracer's promotions per second were spent).
 # TYPE imwatch_trace_spans_total counter
 imwatch_trace_spans_total{result="promoted",service="logic"} 0
+imwatch_trace_spans_total{result="promotion_refused",service="logic"} 0
 imwatch_trace_spans_total{result="sampled",service="logic"} 3
 imwatch_trace_spans_total{result="tail_dropped",service="logic"} 0
 imwatch_trace_spans_total{result="unsampled",service="logic"} 0
