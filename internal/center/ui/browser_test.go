@@ -355,6 +355,11 @@ func TestPagesAgainstContract(t *testing.T) {
 	if l, _ := f.limits.Load().(string); l != "200" {
 		t.Errorf("explore asked for a range with limit %q, want 200", l)
 	}
+	// A center in its first minute: live pages refresh every 2 s.
+	b.Go("#/overview", "overview", 30*time.Second)
+	if title := uitest.Eval[string](b, `(document.querySelector('span.live') || {}).title || ''`); title != "refreshes every 2 s" {
+		t.Errorf("live badge of a young center says %q, want refreshes every 2 s", title)
+	}
 	// What the fake answered with HTML in it shows as text.
 	b.Go("#/alerts", "alerts", 30*time.Second)
 	if !uitest.Eval[bool](b, fmt.Sprintf(`[...document.querySelectorAll('.chip .v')].some(e => e.textContent === %q)`, evil)) {

@@ -18,12 +18,15 @@ const PAGES = {overview, services, hosts, probes, traces, alerts, explore, fault
 const PRESETS = ['5m', '15m', '1h', '6h', '24h', '7d'];
 const DEFAULT_RANGE = '1h';
 const REFRESH_MS = 15000;
+const YOUNG_MS = 60000;        // a center this young has little data yet:
+const YOUNG_REFRESH_MS = 2000; // refresh this often, so the first data shows soon
 const POINTS = 300;       // points per line a chart asks for
 const SCRAPE_MS = 5000;   // the center's default scrape interval: no finer step
 const STEPS = [5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400].map((x) => x * 1000);
 
 let current = null;      // {name, controller, refresh, timer}
 let feats = {traces: false, probe_failures: false, faults: false, auth: false};
+let centerStarted = null; // ms, from the features' uptime
 
 function parseHash() {
   const raw = location.hash.replace(/^#\/?/, '');
@@ -70,10 +73,11 @@ export function rangeOf(params, now = Date.now()) {
 }
 
 // refreshMs is the live refresh period: ?refresh=30s in the address, at
-// least 2 s, 15 s by default.
+// least 2 s, 15 s by default; 2 s in the center's first minute.
 function refreshMs(params) {
   const ms = parseDuration(params.get('refresh') || '');
-  return ms >= 2000 ? ms : REFRESH_MS;
+  if (ms >= 2000) return ms;
+  return centerStarted !== null && Date.now() - centerStarted < YOUNG_MS ? YOUNG_REFRESH_MS : REFRESH_MS;
 }
 
 function renderNav(page) {
@@ -156,7 +160,7 @@ function route() {
   const {page, rest, params} = parseHash();
   if (current) {
     current.controller.abort();
-    clearInterval(current.timer);
+    clearTimeout(current.timer);
     current = null;
   }
   delete document.body.dataset.ready;
@@ -189,9 +193,16 @@ function route() {
   }
   runRefresh(cur, true);
   if (rangeOf(params).live && cur.refresh) {
-    cur.timer = setInterval(() => {
-      if (!document.hidden) runRefresh(cur, false);
-    }, refreshMs(params));
+    // A chain of timeouts, not an interval: the period can change (a young
+    // center's first minute).
+    const tick = () => {
+      cur.timer = setTimeout(() => {
+        if (current !== cur) return;
+        if (!document.hidden) runRefresh(cur, false);
+        tick();
+      }, refreshMs(params));
+    };
+    tick();
   }
 }
 
@@ -200,6 +211,7 @@ async function start() {
   try {
     const meta = document.querySelector('meta[name=imwatch-features]');
     feats = meta && meta.content.startsWith('{') ? JSON.parse(meta.content) : await features();
+    if (typeof feats.uptime_s === 'number') centerStarted = Date.now() - feats.uptime_s * 1000;
   } catch (e) {
     banner(h('span', null, 'Cannot ask the center what it serves: ' + e.message));
   }
