@@ -20,6 +20,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"syscall"
 	"time"
@@ -34,7 +35,20 @@ func main() {
 	satRate := flag.Float64("rate", 100000, "offered messages/s of the saturating phase, above what the cluster can take; 0 skips it")
 	fixedRate := flag.Float64("fixed-rate", 2000, "offered messages/s of the CPU-per-message phase, below saturation; 0 skips it")
 	duration := flag.Duration("duration", 8*time.Second, "sending time per phase")
+	only := flag.String("only", "", "run only one configuration: on or off (with -cpuprofile, to profile it alone)")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "metricscost:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	secret := []byte("metricscost-secret-0123456789")
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	dps := map[bool][]float64{}
@@ -45,9 +59,13 @@ func main() {
 			order = []bool{false, true}
 		}
 		for _, metrics := range order {
+			if (*only == "on" && !metrics) || (*only == "off" && metrics) {
+				continue
+			}
 			res, err := run(metrics, secret, *users, *satRate, *fixedRate, *duration, log)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "metricscost:", err)
+				pprof.StopCPUProfile()
 				os.Exit(1)
 			}
 			fmt.Printf("round %d metrics=%-5v saturated %7.0f delivered/s   at %g/s: %6.1f µs CPU per message\n",
