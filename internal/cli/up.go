@@ -137,6 +137,10 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 			as.Stop(sctx)
 		}
 		c.Stop(stopTimeout)
+		if sig.Err() != nil { // the probers or users were starting: a stop, not a failure
+			log.Info("stopped during start-up", "signal", stopReason(sig))
+			return nil
+		}
 		return err
 	}
 	log.Info("imwatch up ready", "took", time.Since(began).Round(time.Millisecond))
