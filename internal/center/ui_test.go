@@ -50,8 +50,10 @@ func TestUIWithBearerToken(t *testing.T) {
 			t.Errorf("GET %s: %s %s, want %d %s", tc.path, resp.Status, resp.Header.Get("Content-Type"), tc.code, tc.ctype)
 		}
 		if tc.path == "/ui/features.json" {
-			var f map[string]bool
-			if err := json.Unmarshal(body, &f); err != nil || !f["auth"] {
+			var f struct {
+				Auth bool `json:"auth"`
+			}
+			if err := json.Unmarshal(body, &f); err != nil || !f.Auth {
 				t.Errorf("features %s (%v): want auth on", body, err)
 			}
 		}
