@@ -21,12 +21,10 @@ import (
 	"log/slog"
 	"os"
 	"runtime/pprof"
-	"slices"
-	"syscall"
 	"time"
 
+	"github.com/imwatch/imwatch/bench/internal/costrun"
 	"github.com/imwatch/imwatch/internal/im/cluster"
-	"github.com/imwatch/imwatch/internal/im/loadgen"
 )
 
 func main() {
@@ -69,24 +67,22 @@ func main() {
 				os.Exit(1)
 			}
 			fmt.Printf("round %d metrics=%-5v saturated %7.0f delivered/s   at %g/s: %6.1f µs CPU per message\n",
-				r+1, metrics, res.dps, *fixedRate, res.cpuPerMsg)
-			dps[metrics] = append(dps[metrics], res.dps)
-			cpu[metrics] = append(cpu[metrics], res.cpuPerMsg)
+				r+1, metrics, res.DPS, *fixedRate, res.CPUPerMsg)
+			dps[metrics] = append(dps[metrics], res.DPS)
+			cpu[metrics] = append(cpu[metrics], res.CPUPerMsg)
 		}
 	}
 	fmt.Printf("\nmedians of %d rounds\n", *rounds)
 	fmt.Printf("saturated delivered/s: metrics on %.0f, off %.0f, ratio on/off %.3f\n",
-		median(dps[true]), median(dps[false]), median(dps[true])/median(dps[false]))
+		costrun.Median(dps[true]), costrun.Median(dps[false]), costrun.Median(dps[true])/costrun.Median(dps[false]))
 	fmt.Printf("µs CPU per message at %g/s: metrics on %.1f, off %.1f, ratio off/on %.3f (the throughput ratio it implies)\n",
-		*fixedRate, median(cpu[true]), median(cpu[false]), median(cpu[false])/median(cpu[true]))
+		*fixedRate, costrun.Median(cpu[true]), costrun.Median(cpu[false]), costrun.Median(cpu[false])/costrun.Median(cpu[true]))
 }
 
-type result struct{ dps, cpuPerMsg float64 }
-
-func run(metrics bool, secret []byte, users int, satRate, fixedRate float64, d time.Duration, log *slog.Logger) (result, error) {
+func run(metrics bool, secret []byte, users int, satRate, fixedRate float64, d time.Duration, log *slog.Logger) (costrun.Result, error) {
 	dir, err := os.MkdirTemp("", "metricscost")
 	if err != nil {
-		return result{}, err
+		return costrun.Result{}, err
 	}
 	defer os.RemoveAll(dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -94,52 +90,9 @@ func run(metrics bool, secret []byte, users int, satRate, fixedRate float64, d t
 	c, err := cluster.Start(ctx, cluster.Options{DataDir: dir, Secret: secret, Log: log, Metrics: metrics,
 		GatewayListen: []string{"127.0.0.1:0", "127.0.0.1:0"}})
 	if err != nil {
-		return result{}, err
+		return costrun.Result{}, err
 	}
 	defer c.Stop(10 * time.Second)
-	lg := func(rate float64) (loadgen.Report, error) {
-		rep, err := loadgen.Run(context.Background(), loadgen.Config{URLs: c.URLs(), Secret: secret, Users: users,
-			Rate: rate, Duration: d, Drain: 5 * time.Second, MaxInflight: 4000, Log: log})
-		if err == nil && (rep.Lost != 0 || rep.Duplicates != 0) {
-			err = fmt.Errorf("metrics=%v: %d lost, %d duplicates", metrics, rep.Lost, rep.Duplicates)
-		}
-		return rep, err
-	}
-	var res result
-	if satRate > 0 {
-		rep, err := lg(satRate)
-		if err != nil {
-			return result{}, err
-		}
-		res.dps = rep.DeliveredPerSecond
-	}
-	if fixedRate > 0 {
-		before := cpuTime()
-		rep, err := lg(fixedRate)
-		if err != nil {
-			return result{}, err
-		}
-		res.cpuPerMsg = float64((cpuTime() - before).Microseconds()) / float64(max(rep.Delivered, 1))
-	}
-	return res, nil
-}
-
-// cpuTime is the user and system CPU time of this process so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	n := len(s)
-	if n == 0 {
-		return 0
-	}
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
+	return costrun.Run(c, costrun.Load{Users: users, SatRate: satRate, FixedRate: fixedRate, Duration: d, Secret: secret, Log: log},
+		fmt.Sprintf("metrics=%v", metrics))
 }

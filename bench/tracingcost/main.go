@@ -26,15 +26,13 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
-	"slices"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/imwatch/imwatch/bench/internal/costrun"
 	"github.com/imwatch/imwatch/internal/center"
 	"github.com/imwatch/imwatch/internal/center/config"
 	"github.com/imwatch/imwatch/internal/im/cluster"
-	"github.com/imwatch/imwatch/internal/im/loadgen"
 	"github.com/imwatch/imwatch/pkg/imtrace"
 )
 
@@ -114,8 +112,8 @@ func main() {
 	fmt.Printf("\nmedians of %d rounds; ratios against %s\n", *rounds, base)
 	fmt.Printf("%-8s %12s %8s %14s %8s\n", "config", "delivered/s", "ratio", "µs CPU/msg", "ratio")
 	for _, s := range setups {
-		fmt.Printf("%-8s %12.0f %8.3f %14.1f %8.3f\n", s.name, median(dps[s.name]), median(dps[s.name])/median(dps[base]),
-			median(cpu[s.name]), median(cpu[s.name])/median(cpu[base]))
+		fmt.Printf("%-8s %12.0f %8.3f %14.1f %8.3f\n", s.name, costrun.Median(dps[s.name]), costrun.Median(dps[s.name])/costrun.Median(dps[base]),
+			costrun.Median(cpu[s.name]), costrun.Median(cpu[s.name])/costrun.Median(cpu[base]))
 	}
 }
 
@@ -163,30 +161,12 @@ func run(s setup, compression, endpoint string, clientTracing bool, secret []byt
 		defer ct.Shutdown(context.Background())
 		tracers = append(tracers, ct)
 	}
-	lg := func(rate float64) (loadgen.Report, error) {
-		rep, err := loadgen.Run(context.Background(), loadgen.Config{URLs: c.URLs(), Secret: secret, Users: users,
-			Rate: rate, Duration: d, Drain: 5 * time.Second, MaxInflight: 4000, Log: log, Tracer: ct})
-		if err == nil && (rep.Lost != 0 || rep.Duplicates != 0) {
-			err = fmt.Errorf("%s: %d lost, %d duplicates", s.name, rep.Lost, rep.Duplicates)
-		}
-		return rep, err
+	cr, err := costrun.Run(c, costrun.Load{Users: users, SatRate: satRate, FixedRate: fixedRate, Duration: d,
+		Secret: secret, Log: log, Tracer: ct}, s.name)
+	if err != nil {
+		return result{}, err
 	}
-	var res result
-	if satRate > 0 {
-		rep, err := lg(satRate)
-		if err != nil {
-			return result{}, err
-		}
-		res.dps = rep.DeliveredPerSecond
-	}
-	if fixedRate > 0 {
-		before := cpuTime()
-		rep, err := lg(fixedRate)
-		if err != nil {
-			return result{}, err
-		}
-		res.cpuPerMsg = float64((cpuTime() - before).Microseconds()) / float64(max(rep.Delivered, 1))
-	}
+	res := result{dps: cr.DPS, cpuPerMsg: cr.CPUPerMsg}
 	for _, tr := range tracers {
 		_ = tr.ForceFlush(context.Background())
 		st := tr.Stats()
@@ -195,13 +175,6 @@ func run(s setup, compression, endpoint string, clientTracing bool, secret []byt
 		res.promoted += st.Promoted
 	}
 	return res, nil
-}
-
-// cpuTime is the user and system CPU time of this process so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // startSink starts where the spans go and returns its OTLP/HTTP traces URL.
@@ -238,19 +211,6 @@ func startSink(kind string) (string, func(), error) {
 		return cen.URL() + "/v1/traces", func() { cen.Stop(context.Background()); os.RemoveAll(dir) }, nil
 	}
 	return "", nil, fmt.Errorf("-sink %q: discard or center", kind)
-}
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	n := len(s)
-	if n == 0 {
-		return 0
-	}
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
 }
 
 func fail(err error) {
