@@ -61,14 +61,18 @@ type spanData struct {
 	kept      string
 }
 
-// Span is one hop's span. It is a value: keep it in a variable and call End
-// once. The zero Span (and every span of a nil or disabled Tracer) records
+// Span is one hop's span. It is a small handle: keep it in a variable (or
+// start it into a struct field with StartInto), do not copy it, and call End
+// once; after End only SpanContext, Sampled, Context, Traceparent and Inject
+// answer. The zero Span (and every span of a nil or disabled Tracer) records
 // nothing; its SpanContext is the parent's and Inject leaves carriers alone.
 type Span struct {
 	t       *Tracer
+	r       *record   // a sampled span's record, handed to the exporter at End
+	d       *spanData // what the span records: &r.d, or a pooled spanData for the tail buffer; nil: nothing
+	sc      trace.SpanContext
 	sampled bool
 	ended   bool
-	d       spanData
 }
 
 // Start begins a hop span named name (one of the Span* names) as a child of
@@ -105,16 +109,18 @@ func (t *Tracer) StartLinkedAt(parent trace.SpanContext, name string, kind trace
 
 // StartInto is Start writing the span into *s, which must be the zero Span:
 // for a span kept in a struct of the caller's (a request waiting for its
-// answer), where assigning Start's result would copy the Span once more.
+// answer).
 func (t *Tracer) StartInto(s *Span, parent trace.SpanContext, name string, kind trace.SpanKind, m Message) {
 	t.start(s, parent, name, kind, &m, nil, time.Time{})
 }
 
-// start fills the caller's result in place: copying a Span once more costs
-// as much as the rest of an unsampled span.
+// start fills the caller's result in place. A span that records (sampled,
+// or unsampled with the tail part on) writes its data once, into the pooled
+// record it is exported with or the pooled spanData the tail buffer keeps,
+// so that neither is copied again at End.
 func (t *Tracer) start(s *Span, parent trace.SpanContext, name string, kind trace.SpanKind, m *Message, links []trace.Link, at time.Time) {
 	if t == nil {
-		s.d.sc = parent
+		s.sc = parent
 		return
 	}
 	var scc trace.SpanContextConfig
@@ -136,18 +142,25 @@ func (t *Tracer) start(s *Span, parent trace.SpanContext, name string, kind trac
 	default:
 		s.sampled = t.sampled(parent, scc.TraceID, name, kind, false)
 	}
-	if s.sampled {
+	var d *spanData
+	switch {
+	case s.sampled:
 		scc.TraceFlags = trace.FlagsSampled
 		t.stats.sampled.add(scc.TraceID)
-	} else if !t.tailOn {
+		s.r = t.newRecord()
+		d = &s.r.d
+	case !t.tailOn:
 		// Head sampling only: the span records nothing but the context it
 		// passes on. (With the tail part on, the tail buffer counts the
 		// unsampled spans under the lock it takes anyway.)
 		t.stats.unsampled.add(scc.TraceID)
-		s.d.sc = trace.NewSpanContext(scc)
+		s.sc = trace.NewSpanContext(scc)
 		return
+	default:
+		d = dataPool.Get().(*spanData)
 	}
-	d := &s.d
+	// Field by field: assigning a whole spanData to the heap costs a bulk
+	// copy with write barriers; a pooled one may hold an old span's error.
 	d.sc = trace.NewSpanContext(scc)
 	d.parent = parent
 	d.name = name
@@ -155,7 +168,19 @@ func (t *Tracer) start(s *Span, parent trace.SpanContext, name string, kind trac
 	d.msg = *m
 	d.links = links
 	d.start = monoAt(at)
+	if d.failed || d.kept != "" {
+		d.errType, d.errMsg, d.excpType = "", "", ""
+		d.failed, d.hasExcept, d.kept = false, false, ""
+	}
+	s.d = d
+	s.sc = d.sc
 }
+
+// dataPool holds the spanData of unsampled spans: a span takes one at start,
+// the tail buffer keeps it, and the span it pushes out of the buffer gives
+// its own back. Start overwrites every field, so a pooled one is not cleared
+// (what it still references is a few strings of an old message).
+var dataPool = sync.Pool{New: func() any { return new(spanData) }}
 
 // Ids come from math/rand/v2's per-thread ChaCha8 generator: random enough
 // for trace ids (the ratio sampler reads their low 63 bits), and unlike the
@@ -169,9 +194,11 @@ func newTraceID() (id trace.TraceID) {
 }
 
 func newSpanID() (id trace.SpanID) {
-	for !id.IsValid() {
-		binary.BigEndian.PutUint64(id[:], rand.Uint64())
+	v := rand.Uint64()
+	for v == 0 {
+		v = rand.Uint64()
 	}
+	binary.BigEndian.PutUint64(id[:], v)
 	return id
 }
 
@@ -183,32 +210,48 @@ func FanoutLink(from trace.SpanContext, recipients int) trace.Link {
 
 // SpanContext is the span's context, the parent of the next hop; for a span
 // that records nothing it is the parent's.
-func (s *Span) SpanContext() trace.SpanContext { return s.d.sc }
+func (s *Span) SpanContext() trace.SpanContext { return s.sc }
 
 // Sampled reports whether the span was sampled at start.
 func (s *Span) Sampled() bool { return s.sampled }
 
-// Message is the span's message, to fill in what a hop learns on the way
-// (the logic learns the message id and sequence when it has stored it).
-// The attributes are taken from it when the span is exported.
-func (s *Span) Message() *Message { return &s.d.msg }
+// SetStored fills in what a hop learns once the message is stored: the
+// server message id, its conversation (unchanged when conv is "") and its
+// sequence. The span's attributes are taken from its Message when it is
+// exported; before End only.
+func (s *Span) SetStored(id, conv string, seq uint64) {
+	if s.d == nil {
+		return
+	}
+	m := &s.d.msg
+	m.ID, m.Seq = id, seq
+	if conv != "" {
+		m.Conv = conv
+	}
+}
 
 // Context returns ctx carrying the span's context, as parent for spans of
 // other OpenTelemetry instrumentation (Provider's tracers).
 func (s *Span) Context(ctx context.Context) context.Context {
-	if !s.d.sc.IsValid() {
+	if !s.sc.IsValid() {
 		return ctx
 	}
-	return trace.ContextWithSpanContext(ctx, s.d.sc)
+	return trace.ContextWithSpanContext(ctx, s.sc)
 }
 
 // Traceparent is the span's W3C traceparent for the next hop, or "" when the
 // span has no valid context. An unsampled span whose trace this process has
 // already promoted says "sampled", so that the next hops keep theirs.
 func (s *Span) Traceparent() string {
-	sc := s.d.sc
-	if s.t != nil && !s.sampled && s.t.tailOn && s.t.tail.isPromoted(sc.TraceID(), s.d.start) {
-		sc = sc.WithTraceFlags(sc.TraceFlags() | trace.FlagsSampled)
+	sc := s.sc
+	if s.t != nil && !s.sampled && s.t.tailOn {
+		now := int64(-1) // after End: the clock. A span's start will do: the window is seconds long
+		if s.d != nil {
+			now = s.d.start
+		}
+		if s.t.tail.isPromoted(sc.TraceID(), now) {
+			sc = sc.WithTraceFlags(sc.TraceFlags() | trace.FlagsSampled)
+		}
 	}
 	return Format(sc)
 }
@@ -217,11 +260,11 @@ func (s *Span) Traceparent() string {
 // a frame, HeaderCarrier(m.Header) for NATS. When tracing is off it writes
 // nothing, so the carrier keeps the traceparent the hop received.
 func (s *Span) Inject(c propagation.TextMapCarrier) {
-	if s.t == nil || !s.d.sc.IsValid() {
+	if s.t == nil || !s.sc.IsValid() {
 		return
 	}
 	c.Set(HeaderTraceparent, s.Traceparent())
-	if ts := s.d.sc.TraceState(); ts.Len() > 0 {
+	if ts := s.sc.TraceState(); ts.Len() > 0 {
 		c.Set(HeaderTracestate, ts.String())
 	}
 }
@@ -229,8 +272,9 @@ func (s *Span) Inject(c propagation.TextMapCarrier) {
 // SetError marks the span failed: status Error with err's text and an
 // exception event, as the OpenTelemetry conventions record errors. A failed
 // span is always exported, with every span of its trace in this process.
+// Before End only.
 func (s *Span) SetError(err error) {
-	if err == nil || s.t == nil {
+	if err == nil || s.d == nil {
 		return
 	}
 	s.d.failed = true
@@ -240,9 +284,9 @@ func (s *Span) SetError(err error) {
 }
 
 // SetErrorCode marks the span failed with an IM error code (error.type) and a
-// message; no exception event, since no Go error was raised.
+// message; no exception event, since no Go error was raised. Before End only.
 func (s *Span) SetErrorCode(code, msg string) {
-	if s.t == nil {
+	if s.d == nil {
 		return
 	}
 	s.d.failed = true
@@ -272,16 +316,21 @@ func (s *Span) EndAt(at time.Time) {
 		return
 	}
 	s.ended = true
-	t := s.t
-	if !s.sampled && !t.tailOn {
+	d := s.d
+	if d == nil {
 		return // head sampling only: an unsampled span is not recorded
 	}
-	d := &s.d
+	s.d = nil
+	t := s.t
 	d.end = max(monoAt(at), d.start)
 	if s.sampled {
-		t.export(d)
+		r := s.r
+		s.r = nil
+		t.exportRecord(r)
 		return
 	}
+	// d is the tail's from here: put keeps it, or promote exports and
+	// recycles it.
 	slow := t.slow >= 0 && d.end-d.start >= t.slow
 	if !d.failed && !slow {
 		if t.tail.put(d) {
@@ -303,31 +352,41 @@ func (s *Span) EndAt(at time.Time) {
 		d.kept = KeptErr
 	}
 	for _, b := range t.tail.promote(d.sc.TraceID(), d.end) {
-		t.promote(&b)
+		t.promote(b)
 	}
 	t.promote(d)
 }
 
+// promote exports the unsampled span d after all, and gives d back to its
+// pool.
 func (t *Tracer) promote(d *spanData) {
 	t.stats.promoted.Add(1)
 	d.sc = d.sc.WithTraceFlags(d.sc.TraceFlags() | trace.FlagsSampled)
-	t.export(d)
+	r := t.newRecord()
+	r.d = *d
+	dataPool.Put(d)
+	t.exportRecord(r)
 }
 
-func (t *Tracer) export(d *spanData) {
-	if t.closed.Load() {
-		return
-	}
-	var r *record
+// newRecord is a record to fill: pooled when the pipeline gives records
+// back after export, new when a Config.Processor may keep them.
+func (t *Tracer) newRecord() *record {
 	if t.recycle {
-		r = recordPool.Get().(*record)
-	} else {
-		r = new(record)
+		return recordPool.Get().(*record)
+	}
+	return new(record)
+}
+
+func (t *Tracer) exportRecord(r *record) {
+	if t.closed.Load() {
+		if t.recycle {
+			r.release()
+		}
+		return
 	}
 	r.ReadOnlySpan = baseSpan
 	r.t = t
 	r.shared = !t.ownPipeline
-	r.d = *d
 	t.out.OnEnd(r)
 }
 

@@ -16,8 +16,9 @@ const (
 
 // tailBuffer holds the ended spans of unsampled traces for a while, so that
 // an error or a slow span can still export the trace's spans of this
-// process. It is a ring per shard: a new span overwrites the oldest, and one
-// overwritten before TailWindow has passed is counted as dropped.
+// process. It is a ring per shard of the spans' pooled data: a new span
+// pushes out the oldest, which goes back to the pool, counted as dropped
+// when it ended less than TailWindow before.
 type tailBuffer struct {
 	t      *Tracer
 	window time.Duration
@@ -26,7 +27,7 @@ type tailBuffer struct {
 
 type tailShard struct {
 	mu       sync.Mutex
-	ring     []spanData
+	ring     []*spanData
 	next     int
 	promoted [promotedKept]uint64 // low halves of promoted trace ids; 0 = free
 	pnext    int
@@ -40,7 +41,7 @@ func (b *tailBuffer) init(t *Tracer, size int, window time.Duration) {
 	b.window = window
 	per := (size + tailShards - 1) / tailShards
 	for i := range b.shards {
-		b.shards[i].ring = make([]spanData, per)
+		b.shards[i].ring = make([]*spanData, per)
 	}
 }
 
@@ -62,21 +63,30 @@ func (s *tailShard) isPromoted(key uint64, now int64, window int64) bool {
 
 // isPromoted reports whether the trace was promoted in this process lately,
 // as of now (a span's start time will do: the window is seconds long).
-// Without a promotion in the shard within the window it takes no lock.
+// Without a promotion in the shard within the window it takes no lock. A
+// negative now reads the clock, if it comes to that.
 func (b *tailBuffer) isPromoted(id trace.TraceID, now int64) bool {
 	key := traceKey(id)
 	s := b.shard(key)
-	if p := s.lastProm.Load(); p == 0 || now-p > int64(b.window) {
+	p := s.lastProm.Load()
+	if p == 0 {
+		return false
+	}
+	if now < 0 {
+		now = monoNow()
+	}
+	if now-p > int64(b.window) {
 		return false
 	}
 	s.mu.Lock()
-	p := s.isPromoted(key, now, int64(b.window))
+	promoted := s.isPromoted(key, now, int64(b.window))
 	s.mu.Unlock()
-	return p
+	return promoted
 }
 
-// put keeps an ended unsampled span. It reports true, keeping nothing, when
-// the span's trace has been promoted: the caller exports the span instead.
+// put keeps an ended unsampled span, whose data it owns from then on. It
+// reports true, keeping nothing, when the span's trace has been promoted:
+// the caller exports the span instead.
 func (b *tailBuffer) put(d *spanData) bool {
 	key := traceKey(d.sc.TraceID())
 	s := b.shard(key)
@@ -89,29 +99,32 @@ func (b *tailBuffer) put(d *spanData) bool {
 	if len(s.ring) == 0 {
 		s.mu.Unlock()
 		b.t.stats.tailDropped.Add(1)
+		dataPool.Put(d)
 		return false
 	}
-	slot := &s.ring[s.next]
-	dropped := slot.name != "" && d.end-slot.end < int64(b.window)
-	*slot = *d
+	old := s.ring[s.next]
+	s.ring[s.next] = d
 	s.next++
 	if s.next == len(s.ring) {
 		s.next = 0
 	}
 	s.mu.Unlock()
-	if dropped {
-		b.t.stats.tailDropped.Add(1)
+	if old != nil {
+		if d.end-old.end < int64(b.window) {
+			b.t.stats.tailDropped.Add(1)
+		}
+		dataPool.Put(old)
 	}
 	return false
 }
 
 // promote marks the trace promoted, counts the span that promotes it and
 // takes the trace's buffered spans that ended within the window before now
-// out of the buffer.
-func (b *tailBuffer) promote(id trace.TraceID, now int64) []spanData {
+// out of the buffer; the caller owns them.
+func (b *tailBuffer) promote(id trace.TraceID, now int64) []*spanData {
 	key := traceKey(id)
 	s := b.shard(key)
-	var out []spanData
+	var out []*spanData
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.ended++
@@ -120,11 +133,10 @@ func (b *tailBuffer) promote(id trace.TraceID, now int64) []spanData {
 		s.pnext = (s.pnext + 1) % promotedKept
 	}
 	s.lastProm.Store(now)
-	for i := range s.ring {
-		e := &s.ring[i]
-		if e.name != "" && e.sc.TraceID() == id && now-e.end < int64(b.window) {
-			out = append(out, *e)
-			*e = spanData{}
+	for i, e := range s.ring {
+		if e != nil && e.sc.TraceID() == id && now-e.end < int64(b.window) {
+			out = append(out, e)
+			s.ring[i] = nil
 		}
 	}
 	return out

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -112,7 +113,7 @@ func TestHopSpanAttributes(t *testing.T) {
 func TestMessageLearnedOnTheWay(t *testing.T) {
 	tr, rec := newTestTracer(t, Config{Ratio: 1})
 	sp := tr.Start(trace.SpanContext{}, SpanLogicHandle, trace.SpanKindServer, Message{User: "alice"})
-	sp.Message().ID, sp.Message().Seq = "m9", 42
+	sp.SetStored("m9", "", 42)
 	sp.End()
 	got := attrs(rec.Ended()[0])
 	if got[KeyMessageID].AsString() != "m9" || got[KeySeq].AsInt64() != 42 {
@@ -600,5 +601,70 @@ func TestPromotionsBounded(t *testing.T) {
 	}
 	if n := len(rec2.Ended()); n != 10 {
 		t.Fatalf("MaxPromotions -1: %d exported, want 10", n)
+	}
+}
+
+// TestReusedSpanDataStartsClean: an unsampled span's data is pooled and
+// reused; a span that reuses a failed, promoted one's must not inherit its
+// error, exception or imwatch.kept.
+func TestReusedSpanDataStartsClean(t *testing.T) {
+	tr, rec := newTestTracer(t, Config{Ratio: 0, MaxPromotions: -1})
+	for i := range 50 {
+		bad := tr.Start(trace.SpanContext{}, SpanLogicHandle, trace.SpanKindServer, Message{ID: "bad"})
+		bad.SetError(errors.New("boom"))
+		bad.End() // promoted and exported: its data goes back to the pool
+		fine := tr.Start(trace.SpanContext{}, SpanStoreAppend, trace.SpanKindProducer, Message{ID: "fine"})
+		fine.End() // buffered
+		sib := tr.Start(fine.SpanContext(), SpanLogicAck, trace.SpanKindConsumer, Message{ID: "sib"})
+		sib.SetErrorCode("timeout", "no ack")
+		sib.End() // promotes fine's trace
+		got := rec.Ended()
+		var found bool
+		for _, s := range got {
+			if s.SpanContext().SpanID() != fine.SpanContext().SpanID() {
+				continue
+			}
+			found = true
+			if s.Status().Code != codes.Unset || len(s.Events()) != 0 || attrs(s)[KeyKept].AsString() != "" ||
+				attrs(s)[KeyErrorType].AsString() != "" || attrs(s)[KeyMessageID].AsString() != "fine" {
+				t.Fatalf("round %d: the buffered span came out as %v, events %v, attributes %v", i, s.Status(), s.Events(), s.Attributes())
+			}
+		}
+		if !found {
+			t.Fatalf("round %d: the buffered span of the promoted trace was not exported", i)
+		}
+	}
+}
+
+// TestConcurrentTail: hops on many goroutines end unsampled spans, some
+// failed, into one tail buffer; under -race this checks the pooled data's
+// hand-over, and every span is counted once.
+func TestConcurrentTail(t *testing.T) {
+	tr, rec := newTestTracer(t, Config{Ratio: 0, MaxPromotions: -1, TailBuffer: 64})
+	const workers, per = 4, 500
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range per {
+				root := tr.Start(trace.SpanContext{}, SpanLogicHandle, trace.SpanKindServer, Message{ID: "m"})
+				child := tr.Start(root.SpanContext(), SpanStoreAppend, trace.SpanKindProducer, Message{ID: "m"})
+				child.End()
+				if (i+w)%50 == 0 {
+					root.SetError(errors.New("boom"))
+				}
+				root.End()
+			}
+		}()
+	}
+	wg.Wait()
+	st := tr.Stats()
+	if st.Unsampled != 2*workers*per {
+		t.Errorf("unsampled %d, want %d", st.Unsampled, 2*workers*per)
+	}
+	failed := workers * per / 50
+	if st.Promoted < uint64(failed) || st.Promoted > uint64(2*failed) || len(rec.Ended()) != int(st.Promoted) {
+		t.Errorf("promoted %d, exported %d; want %d to %d", st.Promoted, len(rec.Ended()), failed, 2*failed)
 	}
 }

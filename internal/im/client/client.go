@@ -264,8 +264,7 @@ func (c *Client) send(ctx context.Context, f protocol.Frame, opts []SendOption) 
 			sp.SetError(err)
 		}
 	}
-	m := sp.Message()
-	m.ID, m.Seq = r.MsgID, r.Seq
+	sp.SetStored(r.MsgID, "", r.Seq)
 	sp.End()
 	return r, err
 }

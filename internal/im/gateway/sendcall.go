@@ -162,7 +162,6 @@ func (call *sendCall) finish(rep *bus.SendReply, perr *protocol.Error) {
 	}
 	c.send(protocol.Frame{Type: protocol.TypeSendAck, ID: f.ID, MsgID: rep.MsgID, Conv: rep.Conv, Seq: rep.Seq, TS: rep.TS, Dup: rep.Dup})
 	c.g.m.Stage(immetrics.LatGatewayReceive, call.start)
-	m := call.span.Message()
-	m.ID, m.Conv, m.Seq = rep.MsgID, rep.Conv, rep.Seq
+	call.span.SetStored(rep.MsgID, rep.Conv, rep.Seq)
 	call.span.End()
 }

@@ -92,8 +92,7 @@ func (l *Logic) handleSend(m *nats.Msg) {
 	if m.Reply != "" {
 		_ = m.Respond(bus.AppendSendReply(make([]byte, 0, 128), &reply))
 	}
-	hm := h.Message()
-	hm.ID, hm.Conv, hm.Seq = reply.MsgID, reply.Conv, reply.Seq
+	h.SetStored(reply.MsgID, reply.Conv, reply.Seq)
 	h.End()
 }
 
@@ -142,8 +141,7 @@ func (l *Logic) send(req bus.SendRequest, h *imtrace.Span) bus.SendReply {
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
 	stored, dup, err := l.store(ctx, sm, req.From+"/"+req.ID)
-	sm2 := st.Message()
-	sm2.ID, sm2.Seq = stored.MsgID, stored.Seq
+	st.SetStored(stored.MsgID, "", stored.Seq)
 	st.SetError(err)
 	st.End()
 	if err != nil {
