@@ -51,7 +51,7 @@ func main() {
 	configs := flag.String("configs", "off,default,full", "configurations: off, default (imtrace.DefaultRatio), full (ratio 1), or a ratio; a suffix -notail switches the tail sampling off")
 	sink := flag.String("sink", "discard", "where spans go: discard (an OTLP/HTTP endpoint in the process that reads and drops them) or center")
 	clientTracing := flag.Bool("client-tracing", false, "also trace the load generator's clients (im.client.*)")
-	compression := flag.String("compression", "gzip", "compression of the OTLP requests: gzip or none")
+	compression := flag.String("compression", "auto", "compression of the OTLP requests: auto (none to the loopback sink, as imwatch up's parts), gzip or none")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
 	if *cpuProfile != "" {

@@ -25,7 +25,7 @@ func (t *tracingFlags) register(fs *flag.FlagSet, defaultOn bool) {
 	fs.BoolVar(&t.on, "tracing", defaultOn, "trace messages and send the spans to --tracing-endpoint; with false no spans are made and the trace context of frames and bus messages is passed on unchanged")
 	fs.StringVar(&t.endpoint, "tracing-endpoint", defaultTracingEndpoint, "OTLP/HTTP traces URL: the center's /v1/traces, or any OTLP receiver")
 	fs.Float64Var(&t.ratio, "tracing-ratio", imtrace.DefaultRatio, "share of messages traced, 0 to 1, decided once per message from its trace id; probe messages, failed and slow ones are always kept")
-	fs.StringVar(&t.compress, "tracing-compression", "gzip", "compression of the OTLP requests: gzip, or none where bandwidth is cheap (the center on this host or LAN) to save the CPU gzip takes")
+	fs.StringVar(&t.compress, "tracing-compression", "auto", "compression of the OTLP requests: gzip; none where bandwidth is cheap (the center on this host or LAN) to save the CPU gzip takes; auto: none to a loopback endpoint, gzip to any other")
 	fs.DurationVar(&t.slow, "tracing-slow", imtrace.DefaultSlow, "a hop that takes this long keeps its message's trace although it was not sampled; negative: never")
 }
 

@@ -459,6 +459,7 @@ func TestConfigValidate(t *testing.T) {
 		{"negative queue", Config{Service: "s", Endpoint: "http://x/v1/traces", QueueSize: -1}, "queue_size"},
 		{"no compression", Config{Service: "s", Endpoint: "http://x/v1/traces", Compression: "none"}, ""},
 		{"bad compression", Config{Service: "s", Endpoint: "http://x/v1/traces", Compression: "zstd"}, "compression"},
+		{"auto compression", Config{Service: "s", Endpoint: "http://x/v1/traces", Compression: "auto"}, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -666,5 +667,25 @@ func TestConcurrentTail(t *testing.T) {
 	failed := workers * per / 50
 	if st.Promoted < uint64(failed) || st.Promoted > uint64(2*failed) || len(rec.Ended()) != int(st.Promoted) {
 		t.Errorf("promoted %d, exported %d; want %d to %d", st.Promoted, len(rec.Ended()), failed, 2*failed)
+	}
+}
+
+func TestCompressionAuto(t *testing.T) {
+	for _, c := range []struct {
+		setting, endpoint string
+		gzip              bool
+	}{
+		{"", "http://127.0.0.1:7070/v1/traces", false},
+		{"auto", "http://127.9.9.9:7070/v1/traces", false},
+		{"auto", "http://[::1]:7070/v1/traces", false},
+		{"auto", "http://localhost:7070/v1/traces", false},
+		{"auto", "http://center.example:7070/v1/traces", true},
+		{"auto", "https://10.1.2.3/v1/traces", true},
+		{"gzip", "http://127.0.0.1:7070/v1/traces", true},
+		{"none", "http://center.example/v1/traces", false},
+	} {
+		if got := gzipTo(c.setting, c.endpoint); got != c.gzip {
+			t.Errorf("gzipTo(%q, %q) = %v, want %v", c.setting, c.endpoint, got, c.gzip)
+		}
 	}
 }
