@@ -144,22 +144,6 @@ func Parse(traceparent string) trace.SpanContext {
 	return trace.NewSpanContext(scc)
 }
 
-// SampledTraceparent reports whether traceparent, as a hop wrote it, has
-// the sampled flag: a cheap look at its last two hex digits, for a carrier
-// that is only worth filling for sampled traces (the reference IM's NATS
-// headers). It does not validate the rest (Parse does).
-func SampledTraceparent(traceparent string) bool {
-	n := len(traceparent)
-	if n < 55 || traceparent[n-3] != '-' {
-		return false
-	}
-	switch traceparent[n-1] {
-	case '1', '3', '5', '7', '9', 'b', 'd', 'f':
-		return true
-	}
-	return false
-}
-
 // ParseWithState is Parse plus a tracestate; a malformed tracestate is dropped
 // without affecting the traceparent, as the W3C specification requires.
 func ParseWithState(traceparent, tracestate string) trace.SpanContext {

@@ -169,26 +169,3 @@ func TestParseDoesNotAllocate(t *testing.T) {
 		t.Errorf("Parse allocates %v times", n)
 	}
 }
-
-func TestSampledTraceparent(t *testing.T) {
-	for _, c := range []struct {
-		tp   string
-		want bool
-	}{
-		{"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", true},
-		{"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03", true},
-		{"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", false},
-		{"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-02", false},
-		{"", false},
-		{"01", false},
-		{"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7x01", false},
-	} {
-		if got := SampledTraceparent(c.tp); got != c.want {
-			t.Errorf("SampledTraceparent(%q) = %v, want %v", c.tp, got, c.want)
-		}
-		// It agrees with Parse on what Parse accepts.
-		if sc := Parse(c.tp); sc.IsValid() && sc.IsSampled() != c.want {
-			t.Errorf("%q: Parse says sampled=%v", c.tp, sc.IsSampled())
-		}
-	}
-}

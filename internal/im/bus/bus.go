@@ -28,10 +28,7 @@ const (
 	BucketConvs    = "im_convs"
 	BucketGroups   = "im_groups"
 
-	// HeaderTrace carries the W3C traceparent of the message's send span,
-	// for a sampled trace: the JSON of every bus message carries it too,
-	// sampled or not, and a header costs NATS a header parse (the server's
-	// own check for trace headers splits every traceparent it sees).
+	// HeaderTrace carries the W3C traceparent of the message's send span.
 	HeaderTrace = "traceparent"
 )
 

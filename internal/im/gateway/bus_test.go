@@ -71,22 +71,6 @@ func TestSendOnTheBus(t *testing.T) {
 		t.Fatalf("message %q", f.Message)
 	}
 
-	// An unsampled context rides in the JSON only: a header costs NATS a
-	// parse per message.
-	unsampled := strings.TrimSuffix(traceparent, "01") + "00"
-	alice.send(protocol.Frame{Type: protocol.TypeSend, ID: "c2u", To: "bob", Trace: unsampled})
-	m = nextMsg(t, reqs)
-	if m.Header != nil && m.Header.Get(bus.HeaderTrace) != "" {
-		t.Fatalf("header %v on a send of an unsampled trace", m.Header)
-	}
-	req = bus.SendRequest{}
-	decodeMsg(t, m, &req)
-	if req.Trace != unsampled {
-		t.Fatalf("traceparent in the JSON %q, want %q", req.Trace, unsampled)
-	}
-	reply(t, m, bus.SendReply{MsgID: "M2", Conv: "d=alice=bob", Seq: 8, TS: 1235})
-	alice.next()
-
 	// An answer the gateway cannot read is an internal error.
 	alice.send(protocol.Frame{Type: protocol.TypeSend, ID: "c3", To: "bob"})
 	m = nextMsg(t, reqs)

@@ -89,9 +89,7 @@ func (c *conn) forwardSend(f protocol.Frame) {
 	s.mu.Unlock()
 	m := &nats.Msg{Subject: bus.SubjSend, Reply: s.prefix + strconv.FormatUint(n, 10),
 		Data: bus.AppendSendRequest(make([]byte, 0, 160+len(f.Body)+len(tp)), &req)}
-	if imtrace.SampledTraceparent(tp) {
-		// Only a sampled trace's context rides in the header too: the JSON
-		// field always has it, and a header costs NATS a header parse.
+	if tp != "" {
 		m.Header = nats.Header{bus.HeaderTrace: []string{tp}}
 	}
 	if err := c.g.nc.PublishMsg(m); err != nil {

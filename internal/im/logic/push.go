@@ -151,7 +151,7 @@ func (p *pusher) publish(sm bus.StoredMessage, routes map[string][]bus.Target, a
 		d := bus.Deliver{Node: p.l.cfg.Node, Targets: targets, Msg: sm, AckBatch: true, Attempt: attempt}
 		data := bus.AppendDeliver(make([]byte, 0, 320+len(sm.Body)+len(sm.Trace)), &d)
 		m := &nats.Msg{Subject: bus.DeliverSubject(gw), Data: data}
-		if imtrace.SampledTraceparent(sm.Trace) { // the JSON has it anyway (bus.HeaderTrace)
+		if sm.Trace != "" {
 			m.Header = nats.Header{bus.HeaderTrace: []string{sm.Trace}}
 		}
 		if err := p.l.nc.PublishMsg(m); err != nil {

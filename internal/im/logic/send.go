@@ -169,7 +169,7 @@ func (l *Logic) store(ctx context.Context, sm bus.StoredMessage, dedupID string)
 		data := bus.AppendStoredMessage(make([]byte, 0, 256+len(sm.Body)+len(sm.Trace)), &sm)
 		msg := &nats.Msg{Subject: subj, Data: data, Header: nats.Header{}}
 		msg.Header.Set(headerSeq, strconv.FormatUint(sm.Seq, 10))
-		if imtrace.SampledTraceparent(sm.Trace) { // the JSON has it anyway (bus.HeaderTrace)
+		if sm.Trace != "" {
 			msg.Header.Set(bus.HeaderTrace, sm.Trace)
 		}
 		start := time.Now()
