@@ -3,11 +3,15 @@ package immetrics
 import (
 	"context"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/imwatch/imwatch/internal/im/protocol"
+
 	"github.com/imwatch/imwatch/pkg/imtrace"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/expfmt"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -75,6 +79,80 @@ func TestCountsGoToTheirLabels(t *testing.T) {
 	}
 }
 
+// Requests and failures get a series when first counted, not before (as a
+// plain vec gives them): a part counts only some of the operations and
+// reasons, and docs/metrics.md lists per part what it counts.
+func TestRequestsAndFailuresAppearWhenCounted(t *testing.T) {
+	s := New("logic")
+	for _, name := range []string{"imwatch_im_requests_total", "imwatch_im_failures_total"} {
+		if n, err := testutil.GatherAndCount(s.Registry, name); err != nil || n != 0 {
+			t.Fatalf("%s: %d series before any count (%v), want 0", name, n, err)
+		}
+	}
+	// From both cores at once, the first use included.
+	const goroutines, each = 4, 1000
+	var wg sync.WaitGroup
+	for range goroutines {
+		wg.Go(func() {
+			for range each {
+				s.Request("send")
+				s.Fail("send", protocol.CodeUnavailable)
+			}
+		})
+	}
+	wg.Wait()
+	s.Request("custom")                     // not a known operation: still counted
+	s.Fail("send", "some_reason")           // nor a known reason
+	s.Fail("sync", protocol.CodeBadRequest) // known, a second cached child
+	s.Fail("sync", protocol.CodeBadRequest)
+	for _, c := range []struct {
+		name string
+		got  float64
+		want float64
+	}{
+		{"requests send", testutil.ToFloat64(s.Requests.WithLabelValues("send")), goroutines * each},
+		{"requests custom", testutil.ToFloat64(s.Requests.WithLabelValues("custom")), 1},
+		{"failures send unavailable", testutil.ToFloat64(s.Failures.WithLabelValues("send", protocol.CodeUnavailable)), goroutines * each},
+		{"failures send some_reason", testutil.ToFloat64(s.Failures.WithLabelValues("send", "some_reason")), 1},
+		{"failures sync bad_request", testutil.ToFloat64(s.Failures.WithLabelValues("sync", protocol.CodeBadRequest)), 2},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+	for _, c := range []struct {
+		name string
+		want int
+	}{{"imwatch_im_requests_total", 2}, {"imwatch_im_failures_total", 3}} {
+		if n, err := testutil.GatherAndCount(s.Registry, c.name); err != nil || n != c.want {
+			t.Errorf("%s: %d series (%v), want %d", c.name, n, err, c.want)
+		}
+	}
+}
+
+func TestStageAt(t *testing.T) {
+	s := New("logic")
+	start := time.Now()
+	s.StageAt(LatAck, start, start.Add(30*time.Millisecond))
+	s.StageAt("other", start, start.Add(time.Second)) // an unforeseen stage still counts
+	var off *Set
+	off.StageAt(LatAck, start, start) // metrics off
+	got, err := testutil.GatherAndFormat(s.Registry, expfmt.TypeTextPlain, "imwatch_im_stage_duration_seconds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{
+		`imwatch_im_stage_duration_seconds_bucket{service="logic",stage="ack",le="0.025"} 0`,
+		`imwatch_im_stage_duration_seconds_bucket{service="logic",stage="ack",le="0.05"} 1`,
+		`imwatch_im_stage_duration_seconds_sum{service="logic",stage="ack"} 0.03`,
+		`imwatch_im_stage_duration_seconds_sum{service="logic",stage="other"} 1`,
+	} {
+		if !strings.Contains(string(got), line+"\n") {
+			t.Errorf("missing %s in\n%s", line, got)
+		}
+	}
+}
+
 func BenchmarkMessage(b *testing.B) {
 	s := New("logic")
 	b.ReportAllocs()
@@ -113,4 +191,45 @@ imwatch_trace_spans_total{result="unsampled",service="logic"} 0
 	if n, err := testutil.GatherAndCount(s.Registry, "imwatch_trace_export_spans_total"); err != nil || n != 3 {
 		t.Errorf("export series %d, %v", n, err)
 	}
+}
+
+// BenchmarkMessagePath makes the metric-set calls one direct message costs
+// the gateway and the logic node, from both cores at once as a loaded
+// cluster does: the per-message cost of metrics on.
+func BenchmarkMessagePath(b *testing.B) {
+	g, l := New("gateway"), New("logic")
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		// Latencies of a couple of milliseconds, as on a real link: the
+		// histograms' bucket search depends on the value.
+		start, i := time.Now().Add(-2*time.Millisecond), 0
+		for pb.Next() {
+			if i++; i%256 == 0 {
+				start = time.Now().Add(-2 * time.Millisecond)
+			}
+			ackAt := start.Add(3 * time.Millisecond) // the logic's clock read for the ack batch
+			// Gateway: the send and its ack, the push and its deliver-ack.
+			g.Frame("in", "send")
+			g.Request("send")
+			g.Message(KindDirect, StageSent, 1)
+			g.Stage(LatGatewayReceive, start)
+			g.Frame("out", "send_ack")
+			g.Frame("out", "deliver")
+			g.Message(KindDirect, StageDelivered, 1)
+			g.Stage(LatDeliver, start)
+			g.Frame("in", "deliver_ack")
+			g.Request("deliver_ack")
+			// Logic: store, push, ack.
+			l.Request("send")
+			l.Message(KindDirect, StageStored, 1)
+			l.Stage(LatStore, start)
+			l.Message(KindDirect, StagePushed, 1)
+			l.Stage(LatPush, start)
+			l.SetPending(1)
+			l.SetPending(0)
+			l.Message(KindDirect, StageAcked, 1)
+			l.StageAt(LatAck, start, ackAt)
+			l.E2E(KindDirect, 3*time.Millisecond)
+		}
+	})
 }

@@ -192,7 +192,7 @@ func (p *pusher) handleAck(m *nats.Msg) {
 		}
 		delete(pp.waiting, t)
 		p.l.m.Message(pp.kind, immetrics.StageAcked, 1)
-		p.l.m.Stage(immetrics.LatAck, pp.pushedAt)
+		p.l.m.StageAt(immetrics.LatAck, pp.pushedAt, now)
 		if pp.sm.RecvNS > 0 {
 			p.l.m.E2E(pp.kind, now.Sub(time.Unix(0, pp.sm.RecvNS)))
 		}
