@@ -65,7 +65,29 @@ type Cluster struct {
 	group      *service.Group
 	conns      []*nats.Conn
 	tracers    []*imtrace.Tracer
-	mu         sync.Mutex // Gateways, Logics, LogicMetrics as stop faults restart them
+	mu         sync.Mutex                // Gateways, Logics, LogicMetrics, sets as stop faults restart them
+	sets       map[string]*immetrics.Set // each part's metric set, by part name
+}
+
+// MetricSets are the metric sets of the parts running now (none with
+// metrics off), for a benchmark that pauses them (immetrics.Set.Pause).
+func (c *Cluster) MetricSets() []*immetrics.Set {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*immetrics.Set
+	for _, s := range c.sets {
+		out = append(out, s)
+	}
+	return out
+}
+
+func (c *Cluster) keepSet(part string, s *immetrics.Set) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sets == nil {
+		c.sets = map[string]*immetrics.Set{}
+	}
+	c.sets[part] = s
 }
 
 // Start starts NATS (unless external), the logic nodes, then the gateways.
@@ -132,6 +154,7 @@ func (c *Cluster) startLogic(ctx context.Context, o Options, i int) error {
 	listen := ""
 	if o.Metrics {
 		cfg.Metrics = immetrics.New("logic")
+		c.keepSet(name, cfg.Metrics)
 		listen = o.LogicMetricsListen
 		if listen == "" {
 			listen = "127.0.0.1:0"
@@ -196,6 +219,7 @@ func (c *Cluster) startGateway(ctx context.Context, o Options, i int, listen str
 	cfg.Log = o.Log
 	if o.Metrics {
 		cfg.Metrics = immetrics.New("gateway")
+		c.keepSet(id, cfg.Metrics)
 	}
 	if cfg.Tracer, err = c.tracer(ctx, o.Tracing, ServiceGateway, id); err != nil {
 		return err

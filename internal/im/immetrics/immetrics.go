@@ -49,6 +49,7 @@ var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25
 type Set struct {
 	Registry *prometheus.Registry
 	reg      prometheus.Registerer // Registry with the service label
+	paused   atomic.Bool           // Pause
 
 	Connections   prometheus.Gauge
 	Frames        *prometheus.CounterVec // direction, type
@@ -202,9 +203,18 @@ func Kind(group string) string {
 // The methods below are what the parts call. Each is safe on a nil *Set,
 // which is how metrics are switched off.
 
+// Pause stops (true) or resumes (false) the counting on the message path,
+// as if the set were nil: bench/metricscost alternates it to compare metrics
+// on and off in one cluster. The connections gauge keeps counting, so that
+// it is right when counting resumes.
+func (s *Set) Pause(p bool) { s.paused.Store(p) }
+
+// off reports whether the message path counts nothing: no set, or paused.
+func (s *Set) off() bool { return s == nil || s.paused.Load() }
+
 // Frame counts one frame in or out.
 func (s *Set) Frame(direction, typ string) {
-	if s == nil {
+	if s.off() {
 		return
 	}
 	if i := indexOf(frameTypes[:], typ); i >= 0 {
@@ -222,7 +232,7 @@ func (s *Set) Frame(direction, typ string) {
 
 // Request counts one request of an operation.
 func (s *Set) Request(op string) {
-	if s == nil {
+	if s.off() {
 		return
 	}
 	i := indexOf(operations[:], op)
@@ -240,7 +250,7 @@ func (s *Set) Request(op string) {
 
 // Fail counts one failure of an operation for a reason.
 func (s *Set) Fail(op, reason string) {
-	if s == nil {
+	if s.off() {
 		return
 	}
 	i, j := indexOf(operations[:], op), indexOf(reasons[:], reason)
@@ -258,7 +268,7 @@ func (s *Set) Fail(op, reason string) {
 
 // Message counts n messages of a kind reaching a stage.
 func (s *Set) Message(kind, stage string, n int) {
-	if s == nil || n <= 0 {
+	if s.off() || n <= 0 {
 		return
 	}
 	if i, j := indexOf(kinds[:], kind), indexOf(msgStages[:], stage); i >= 0 && j >= 0 {
@@ -270,7 +280,7 @@ func (s *Set) Message(kind, stage string, n int) {
 
 // Stage observes the time since start in a latency stage.
 func (s *Set) Stage(stage string, start time.Time) {
-	if s != nil {
+	if !s.off() {
 		s.stage(stage, time.Since(start))
 	}
 }
@@ -278,7 +288,7 @@ func (s *Set) Stage(stage string, start time.Time) {
 // StageAt observes end minus start in a latency stage, for a caller that has
 // read the clock already: a read costs tens of nanoseconds on a VM.
 func (s *Set) StageAt(stage string, start, end time.Time) {
-	if s != nil {
+	if !s.off() {
 		s.stage(stage, end.Sub(start))
 	}
 }
@@ -297,7 +307,7 @@ func seconds(d time.Duration) float64 { return float64(d) / 1e9 }
 
 // E2E observes an end-to-end latency.
 func (s *Set) E2E(kind string, d time.Duration) {
-	if s == nil || d < 0 {
+	if s.off() || d < 0 {
 		return
 	}
 	if i := indexOf(kinds[:], kind); i >= 0 {
@@ -316,21 +326,21 @@ func (s *Set) ConnDelta(d float64) {
 
 // Redelivered counts n repeated pushes.
 func (s *Set) Redelivered(n int) {
-	if s != nil {
+	if !s.off() {
 		s.Redeliveries.Add(float64(n))
 	}
 }
 
 // AckTimedOut counts n device deliveries given up.
 func (s *Set) AckTimedOut(n int) {
-	if s != nil {
+	if !s.off() {
 		s.AckTimeouts.Add(float64(n))
 	}
 }
 
 // Synced counts one sync that handed out n messages.
 func (s *Set) Synced(n int) {
-	if s != nil {
+	if !s.off() {
 		s.Syncs.Inc()
 		s.SyncMessages.Add(float64(n))
 	}
@@ -343,7 +353,7 @@ func (s *Set) Handler() http.Handler {
 
 // SetPending sets the pending pushes gauge.
 func (s *Set) SetPending(n int) {
-	if s != nil {
+	if !s.off() {
 		s.Pending.Set(float64(n))
 	}
 }

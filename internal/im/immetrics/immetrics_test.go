@@ -233,3 +233,47 @@ func BenchmarkMessagePath(b *testing.B) {
 		}
 	})
 }
+
+// TestPause: a paused set counts nothing on the message path, as a nil one;
+// the connections gauge keeps counting; resumed, it counts again.
+func TestPause(t *testing.T) {
+	s := New("logic")
+	all := func() {
+		s.Frame("in", "send")
+		s.Request("send")
+		s.Fail("send", "bad_request")
+		s.Message(KindDirect, StageSent, 1)
+		s.Stage(LatStore, time.Now())
+		s.StageAt(LatAck, time.Now(), time.Now())
+		s.E2E(KindDirect, time.Millisecond)
+		s.SetPending(3)
+		s.Redelivered(1)
+		s.AckTimedOut(1)
+		s.Synced(2)
+		s.ConnDelta(1)
+	}
+	s.Pause(true)
+	all()
+	if n := testutil.CollectAndCount(s.Requests) + testutil.CollectAndCount(s.Failures); n != 0 {
+		t.Errorf("%d series counted while paused", n)
+	}
+	for name, v := range map[string]float64{
+		"sent": testutil.ToFloat64(s.Messages.WithLabelValues(KindDirect, StageSent)), "redeliveries": testutil.ToFloat64(s.Redeliveries),
+		"ack timeouts": testutil.ToFloat64(s.AckTimeouts), "syncs": testutil.ToFloat64(s.Syncs), "pending": testutil.ToFloat64(s.Pending),
+	} {
+		if v != 0 {
+			t.Errorf("%s = %v while paused", name, v)
+		}
+	}
+	if v := testutil.ToFloat64(s.Connections); v != 1 {
+		t.Errorf("connections %v while paused, want 1", v)
+	}
+	s.Pause(false)
+	all()
+	if v := testutil.ToFloat64(s.Messages.WithLabelValues(KindDirect, StageSent)); v != 1 {
+		t.Errorf("sent %v after resuming, want 1", v)
+	}
+	if v := testutil.ToFloat64(s.Connections); v != 2 {
+		t.Errorf("connections %v, want 2", v)
+	}
+}
