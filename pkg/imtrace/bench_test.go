@@ -186,3 +186,23 @@ func BenchmarkClock(b *testing.B) {
 func TestSpanSize(t *testing.T) {
 	t.Logf("Span %d bytes, spanData %d bytes, record %d bytes", unsafe.Sizeof(Span{}), unsafe.Sizeof(spanData{}), unsafe.Sizeof(record{}))
 }
+
+// BenchmarkParse: the traceparent every hop reads, by Parse (the fixed
+// layout's fast path) and by the general path it replaced for that layout.
+func BenchmarkParse(b *testing.B) {
+	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	b.Run("parse", func(b *testing.B) {
+		for b.Loop() {
+			benchSC = Parse(tp)
+		}
+	})
+	b.Run("general", func(b *testing.B) {
+		var scc trace.SpanContextConfig
+		for b.Loop() {
+			parseGeneral(tp, &scc)
+		}
+		benchSC = trace.NewSpanContext(scc)
+	})
+}
+
+var benchSC trace.SpanContext

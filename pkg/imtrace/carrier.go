@@ -175,6 +175,15 @@ func parseTraceparent(h string, scc *trace.SpanContextConfig) bool {
 	if h == "" {
 		return false
 	}
+	if len(h) == 55 && h[2] == '-' && h[35] == '-' && h[52] == '-' {
+		return parseFixed(h, scc) // every hop's: version 00, one table lookup per digit
+	}
+	return parseGeneral(h, scc)
+}
+
+// parseGeneral parses any traceparent: the version, then dash-separated
+// hex parts; a version 00 one has nothing after its flags.
+func parseGeneral(h string, scc *trace.SpanContextConfig) bool {
 	var ver, flags [1]byte
 	if !hexPart(ver[:], &h, 2) || ver[0] > maxTraceVersion {
 		return false
@@ -188,6 +197,46 @@ func parseTraceparent(h string, scc *trace.SpanContextConfig) bool {
 	scc.TraceFlags = trace.TraceFlags(flags[0]) & (trace.FlagsSampled | trace.FlagsRandom)
 	return scc.TraceID.IsValid() && scc.SpanID.IsValid()
 }
+
+// parseFixed parses a traceparent of version 00's length and layout (the
+// dashes checked by the caller), as parseTraceparent's general path would.
+func parseFixed(h string, scc *trace.SpanContextConfig) bool {
+	_ = h[54]
+	var bad byte // a digit that is not lower-case hex sets its high bit
+	var ver, flags byte
+	ver, bad = unhexTable[h[0]]<<4|unhexTable[h[1]]&0x0f, unhexTable[h[0]]|unhexTable[h[1]]
+	for i := 0; i < 16; i++ {
+		hi, lo := unhexTable[h[3+2*i]], unhexTable[h[4+2*i]]
+		bad |= hi | lo
+		scc.TraceID[i] = hi<<4 | lo&0x0f
+	}
+	for i := 0; i < 8; i++ {
+		hi, lo := unhexTable[h[36+2*i]], unhexTable[h[37+2*i]]
+		bad |= hi | lo
+		scc.SpanID[i] = hi<<4 | lo&0x0f
+	}
+	hi, lo := unhexTable[h[53]], unhexTable[h[54]]
+	bad |= hi | lo
+	flags = hi<<4 | lo&0x0f
+	if bad&0x80 != 0 || ver > maxTraceVersion || (ver == 0 && flags > 3) {
+		return false
+	}
+	scc.TraceFlags = trace.TraceFlags(flags) & (trace.FlagsSampled | trace.FlagsRandom)
+	return scc.TraceID.IsValid() && scc.SpanID.IsValid()
+}
+
+// unhexTable maps a lower-case hex digit to its value and every other byte
+// to 0x80.
+var unhexTable = func() (t [256]byte) {
+	for i := range t {
+		v, ok := unhex(byte(i))
+		if !ok {
+			v = 0x80
+		}
+		t[i] = v
+	}
+	return t
+}()
 
 func hexPart(dst []byte, h *string, n int) bool {
 	part, rest, _ := strings.Cut(*h, "-")

@@ -13,6 +13,9 @@ import (
 func FuzzParse(f *testing.F) {
 	f.Add("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
 	f.Add("cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03-x")
+	f.Add("00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01")
+	f.Add("ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+	f.Add("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-09")
 	for _, s := range badTraceparents {
 		f.Add(s)
 	}
@@ -29,6 +32,14 @@ func FuzzParse(f *testing.F) {
 		}
 		if got.IsValid() && s[:2] == "00" && Format(got) != s {
 			t.Fatalf("Format(Parse(%q)) = %q", s, Format(got))
+		}
+		// The fixed-layout fast path reads what the general one does.
+		if len(s) == 55 && s[2] == '-' && s[35] == '-' && s[52] == '-' {
+			var fa, ga trace.SpanContextConfig
+			fok, gok := parseFixed(s, &fa), parseGeneral(s, &ga)
+			if fok != gok || (fok && (fa.TraceID != ga.TraceID || fa.SpanID != ga.SpanID || fa.TraceFlags != ga.TraceFlags)) {
+				t.Fatalf("%q: fast path %v %+v, general %v %+v", s, fok, fa, gok, ga)
+			}
 		}
 		sp := tr.Start(got, SpanLogicHandle, trace.SpanKindServer, Message{})
 		sc := sp.SpanContext()

@@ -28,6 +28,7 @@ type tailBuffer struct {
 type tailShard struct {
 	mu       sync.Mutex
 	ring     []*spanData
+	keys     []uint64 // traceKey of each ring entry (0: none), which promote scans without touching the entries
 	next     int
 	promoted [promotedKept]uint64 // low halves of promoted trace ids; 0 = free
 	pnext    int
@@ -42,6 +43,7 @@ func (b *tailBuffer) init(t *Tracer, size int, window time.Duration) {
 	per := (size + tailShards - 1) / tailShards
 	for i := range b.shards {
 		b.shards[i].ring = make([]*spanData, per)
+		b.shards[i].keys = make([]uint64, per)
 	}
 }
 
@@ -104,6 +106,7 @@ func (b *tailBuffer) put(d *spanData) bool {
 	}
 	old := s.ring[s.next]
 	s.ring[s.next] = d
+	s.keys[s.next] = key
 	s.next++
 	if s.next == len(s.ring) {
 		s.next = 0
@@ -133,10 +136,13 @@ func (b *tailBuffer) promote(id trace.TraceID, now int64) []*spanData {
 		s.pnext = (s.pnext + 1) % promotedKept
 	}
 	s.lastProm.Store(now)
-	for i, e := range s.ring {
-		if e != nil && e.sc.TraceID() == id && now-e.end < int64(b.window) {
+	for i, k := range s.keys {
+		if k != key {
+			continue
+		}
+		if e := s.ring[i]; e.sc.TraceID() == id && now-e.end < int64(b.window) {
 			out = append(out, e)
-			s.ring[i] = nil
+			s.ring[i], s.keys[i] = nil, 0
 		}
 	}
 	return out
