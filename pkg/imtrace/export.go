@@ -38,6 +38,7 @@ type httpExporter struct {
 
 	mu  sync.Mutex // one export at a time (the batch processor makes one anyway)
 	buf []byte     // the request, reused
+	rs  []byte     // one resource's scopes
 	sc  []byte     // one scope's spans
 	sp  []byte     // one span
 	gz  *gzip.Writer
@@ -165,9 +166,10 @@ func (e *httpExporter) appendRequest(b []byte, spans []sdktrace.ReadOnlySpan) []
 		if done[i] {
 			continue
 		}
-		// ResourceSpans (field 1): resource, then every scope of it.
-		var rs []byte
-		rs = appendMessage(rs, 1, appendResource(nil, g.res))
+		// ResourceSpans (field 1): resource, then every scope of it. The
+		// buffers are the exporter's, reused from request to request: a
+		// batch is hundreds of kilobytes.
+		rs := appendMessage(e.rs[:0], 1, appendResource(nil, g.res))
 		for j := i; j < len(groups); j++ {
 			if done[j] || !groups[j].res.Equal(g.res) {
 				continue
@@ -181,6 +183,7 @@ func (e *httpExporter) appendRequest(b []byte, spans []sdktrace.ReadOnlySpan) []
 			rs = protowire.AppendString(rs, u)
 		}
 		b = appendMessage(b, 1, rs)
+		e.rs = rs
 	}
 	return b
 }
