@@ -42,7 +42,8 @@ func TestSendOnTheBus(t *testing.T) {
 		t.Fatalf("recv_ns %d is not the time the gateway read the frame", req.RecvNS)
 	}
 	req.RecvNS = 0
-	want := bus.SendRequest{From: "alice", Device: "phone", Gateway: "gw-bare", ID: "c1", To: "bob", Body: "hi", Probe: true, Trace: traceparent}
+	// The context rides in the header only, not in the JSON as well.
+	want := bus.SendRequest{From: "alice", Device: "phone", Gateway: "gw-bare", ID: "c1", To: "bob", Body: "hi", Probe: true}
 	if req != want {
 		t.Fatalf("send request %+v, want %+v", req, want)
 	}
@@ -202,6 +203,25 @@ func TestPushAndDeliverAckOnTheBus(t *testing.T) {
 		Body: "hi", Probe: true, Trace: traceparent, TS: 99}
 	if f := bob.next(); !reflect.DeepEqual(f, want) {
 		t.Fatalf("got %+v, want %+v", f, want)
+	}
+	// A logic node puts the context in the header only: the frame carries
+	// it all the same (this gateway does not trace: it passes it on).
+	hm := sm
+	hm.MsgID, hm.Seq, hm.Trace = "M0", 4, ""
+	data, err := json.Marshal(bus.Deliver{Node: "node-7", Targets: []bus.Target{{User: "carol", Device: "phone"}}, Msg: hm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.nc.PublishMsg(&nats.Msg{Subject: bus.DeliverSubject("gw-bare"), Data: data, Header: nats.Header{bus.HeaderTrace: []string{traceparent}}}); err != nil {
+		t.Fatal(err)
+	}
+	if f := carol.next(); f.MsgID != "M0" || f.Trace != traceparent {
+		t.Fatalf("push with the context in the header: got %+v, want M0 with traceparent %s", f, traceparent)
+	}
+	carol.write(`{"type":"deliver_ack","msg_id":"M0"}`)
+	var ack0 bus.DeliverAck
+	if decodeMsg(t, nextMsg(t, acks), &ack0); ack0.MsgID != "M0" {
+		t.Fatalf("deliver-ack %+v, want M0's", ack0)
 	}
 	// An ack of a message nobody waits for is not passed on; the real one is.
 	bob.write(`{"type":"deliver_ack","msg_id":"M-unknown"}`)

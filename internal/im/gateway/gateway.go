@@ -399,6 +399,9 @@ func (g *Gateway) handleDeliver(m *nats.Msg) {
 	// The push hangs below the stored message's append (the header, or the
 	// stored message itself from a node that sets no header). A group's
 	// pushes, one per gateway, also link to it, with this gateway's share.
+	if d.Msg.Trace == "" { // the logic node puts it in the header (bus.HeaderTrace)
+		d.Msg.Trace = m.Header.Get(bus.HeaderTrace)
+	}
 	parent := imtrace.ParseHeader(m.Header)
 	if !parent.IsValid() {
 		parent = imtrace.Parse(d.Msg.Trace)

@@ -79,7 +79,7 @@ func (c *conn) forwardSend(f protocol.Frame) {
 	tp := f.Trace
 	call.span.Inject(imtrace.Field(&tp))
 	req := bus.SendRequest{From: c.user, Device: c.device, Gateway: c.g.cfg.ID, ID: f.ID,
-		To: f.To, Group: f.Group, Body: f.Body, Probe: f.Probe, Trace: tp, RecvNS: start.UnixNano()}
+		To: f.To, Group: f.Group, Body: f.Body, Probe: f.Probe, RecvNS: start.UnixNano()}
 	s := &c.g.sends
 	call.start, call.deadline = start, start.Add(c.g.cfg.RequestTimeout)
 	s.mu.Lock()
@@ -89,7 +89,7 @@ func (c *conn) forwardSend(f protocol.Frame) {
 	s.mu.Unlock()
 	m := &nats.Msg{Subject: bus.SubjSend, Reply: s.prefix + strconv.FormatUint(n, 10),
 		Data: bus.AppendSendRequest(make([]byte, 0, 160+len(f.Body)+len(tp)), &req)}
-	if tp != "" {
+	if tp != "" { // in the header only: the JSON copy cost bytes on every hop
 		m.Header = nats.Header{bus.HeaderTrace: []string{tp}}
 	}
 	if err := c.g.nc.PublishMsg(m); err != nil {
