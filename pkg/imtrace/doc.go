@@ -66,10 +66,12 @@
 //
 // # Cost
 //
-// A hop span does not go through the SDK's span implementation: Start fills
-// a Span value on the caller's stack, and End hands a pooled
-// sdktrace.ReadOnlySpan to the SDK's batch span processor (sampled) or
-// copies the span into the tail buffer (unsampled). The attributes are
+// A hop span does not go through the SDK's span implementation: a Span is
+// a small handle (do not copy it) to data written once at Start, into the
+// pooled sdktrace.ReadOnlySpan record that End hands to the SDK's batch
+// span processor (sampled), or into pooled span data that End puts into the
+// tail buffer (unsampled); a span that records nothing (unsampled, the tail
+// part off) holds only its context. The attributes are
 // built from the Message when the exporter first reads the span, on the
 // batch processor's goroutine. Neither allocates; the
 // figures against the bare SDK are in docs/benchmarks.md ("Tracing: span
