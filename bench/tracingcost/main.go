@@ -116,8 +116,8 @@ func main() {
 			if err != nil {
 				fail(err)
 			}
-			fmt.Printf("round %d %-8s saturated %7.0f delivered/s   at %g/s: %6.1f µs CPU per message   spans exported %d (promoted %d), dropped %d\n",
-				r+1, s.name, res.dps, *fixedRate, res.cpuPerMsg, res.exported, res.promoted, res.dropped)
+			fmt.Printf("round %d %-8s saturated %7.0f delivered/s (%6.1f µs CPU per message)   at %g/s: %6.1f µs CPU per message   spans exported %d (promoted %d), dropped %d\n",
+				r+1, s.name, res.dps, res.satCPU, *fixedRate, res.cpuPerMsg, res.exported, res.promoted, res.dropped)
 			dps[s.name] = append(dps[s.name], res.dps)
 			cpu[s.name] = append(cpu[s.name], res.cpuPerMsg)
 		}
@@ -132,7 +132,7 @@ func main() {
 }
 
 type result struct {
-	dps, cpuPerMsg              float64
+	dps, satCPU, cpuPerMsg      float64
 	exported, dropped, promoted uint64
 }
 
@@ -180,7 +180,7 @@ func run(s setup, compression, endpoint string, clientTracing bool, secret []byt
 	if err != nil {
 		return result{}, err
 	}
-	res := result{dps: cr.DPS, cpuPerMsg: cr.CPUPerMsg}
+	res := result{dps: cr.DPS, satCPU: cr.SatCPUPerMsg, cpuPerMsg: cr.CPUPerMsg}
 	for _, tr := range tracers {
 		_ = tr.ForceFlush(context.Background())
 		st := tr.Stats()

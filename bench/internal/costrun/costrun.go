@@ -28,8 +28,9 @@ type Load struct {
 
 // Result is what the phases measured.
 type Result struct {
-	DPS       float64 // delivered/s, saturated
-	CPUPerMsg float64 // µs of this process's CPU per delivered message at FixedRate
+	DPS          float64 // delivered/s, saturated
+	SatCPUPerMsg float64 // µs of this process's CPU per delivered message in the saturated phase
+	CPUPerMsg    float64 // µs of this process's CPU per delivered message at FixedRate
 }
 
 // Run runs the phases against c; name labels a loss or duplicate in the error.
@@ -44,11 +45,13 @@ func Run(c *cluster.Cluster, l Load, name string) (Result, error) {
 	}
 	var res Result
 	if l.SatRate > 0 {
+		before := cpuTime()
 		rep, err := lg(l.SatRate)
 		if err != nil {
 			return Result{}, err
 		}
 		res.DPS = rep.DeliveredPerSecond
+		res.SatCPUPerMsg = float64((cpuTime() - before).Microseconds()) / float64(max(rep.Delivered, 1))
 	}
 	if l.FixedRate > 0 {
 		before := cpuTime()
