@@ -53,6 +53,7 @@ func main() {
 	sink := flag.String("sink", "discard", "where spans go: discard (an OTLP/HTTP endpoint in the process that reads and drops them) or center")
 	clientTracing := flag.Bool("client-tracing", false, "also trace the load generator's clients (im.client.*)")
 	compression := flag.String("compression", "auto", "compression of the OTLP requests: auto (none to the loopback sink, as imwatch up's parts), gzip or none")
+	flag.IntVar(&tailBuffer, "tail-buffer", 0, "imtrace.Config.TailBuffer of the parts' tracers (0: the default)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	memProfile := flag.String("memprofile", "", "write an allocation profile of the whole run to this file (go tool pprof -sample_index=alloc_space)")
 	flag.Parse()
@@ -147,6 +148,7 @@ func run(s setup, compression, endpoint string, clientTracing bool, secret []byt
 	o := cluster.Options{DataDir: dir, Secret: secret, Log: log, Metrics: true, GatewayListen: []string{"127.0.0.1:0", "127.0.0.1:0"}}
 	if s.ratio >= 0 {
 		tmpl = &imtrace.Config{Endpoint: endpoint, Ratio: s.ratio, Compression: compression}
+		tmpl.TailBuffer = tailBuffer
 		if s.noTail {
 			tmpl.TailBuffer = -1
 		}
@@ -226,6 +228,8 @@ func startSink(kind string) (string, func(), error) {
 	}
 	return "", nil, fmt.Errorf("-sink %q: discard or center", kind)
 }
+
+var tailBuffer int // -tail-buffer
 
 func fail(err error) {
 	fmt.Fprintln(os.Stderr, "tracingcost:", err)
