@@ -30,7 +30,7 @@ func FuzzParse(f *testing.F) {
 			got.TraceFlags() != want.TraceFlags() {
 			t.Fatalf("Parse(%q) = %v, the SDK read %v", s, got, want)
 		}
-		if got.IsValid() && s[:2] == "00" && Format(got) != s {
+		if got.IsValid() && s[:2] == "00" && len(s) == 55 && Format(got) != s {
 			t.Fatalf("Format(Parse(%q)) = %q", s, Format(got))
 		}
 		// The fixed-layout fast path reads what the general one does.

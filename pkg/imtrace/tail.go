@@ -105,6 +105,9 @@ func (b *tailBuffer) put(d *spanData) bool {
 		return false
 	}
 	old := s.ring[s.next]
+	// Worked out under the lock: once it is released d is the ring's, and
+	// another put may push it out and the pool hand it to a new span.
+	dropped := old != nil && d.end-old.end < int64(b.window)
 	s.ring[s.next] = d
 	s.keys[s.next] = key
 	s.next++
@@ -112,10 +115,10 @@ func (b *tailBuffer) put(d *spanData) bool {
 		s.next = 0
 	}
 	s.mu.Unlock()
+	if dropped {
+		b.t.stats.tailDropped.Add(1)
+	}
 	if old != nil {
-		if d.end-old.end < int64(b.window) {
-			b.t.stats.tailDropped.Add(1)
-		}
 		dataPool.Put(old)
 	}
 	return false

@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/netip"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -399,7 +400,7 @@ func gzipTo(c, endpoint string) bool {
 		return true
 	}
 	h := u.Hostname()
-	if h == "localhost" {
+	if strings.EqualFold(strings.TrimSuffix(h, "."), "localhost") {
 		return false
 	}
 	ip, err := netip.ParseAddr(h)

@@ -679,6 +679,8 @@ func TestCompressionAuto(t *testing.T) {
 		{"auto", "http://127.9.9.9:7070/v1/traces", false},
 		{"auto", "http://[::1]:7070/v1/traces", false},
 		{"auto", "http://localhost:7070/v1/traces", false},
+		{"auto", "http://LOCALHOST./v1/traces", false},
+		{"auto", "http://[::ffff:127.0.0.1]:7070/v1/traces", false},
 		{"auto", "http://center.example:7070/v1/traces", true},
 		{"auto", "https://10.1.2.3/v1/traces", true},
 		{"gzip", "http://127.0.0.1:7070/v1/traces", true},
@@ -687,5 +689,35 @@ func TestCompressionAuto(t *testing.T) {
 		if got := gzipTo(c.setting, c.endpoint); got != c.gzip {
 			t.Errorf("gzipTo(%q, %q) = %v, want %v", c.setting, c.endpoint, got, c.gzip)
 		}
+	}
+}
+
+// TestTailHandOverUnderRace: with one ring slot per shard every put pushes
+// the previous span out to the pool at once, so a put that still read its
+// own span after unlocking would race with the span's next owner (-race
+// finds it; make test runs this package under -race). The drops are counted
+// exactly: every put but the first of each shard pushes one out within the
+// window.
+func TestTailHandOverUnderRace(t *testing.T) {
+	tr, _ := newTestTracer(t, Config{Ratio: 0, TailBuffer: tailShards})
+	const workers, per = 8, 20000
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range per {
+				sp := tr.Start(trace.SpanContext{}, SpanLogicHandle, trace.SpanKindServer, Message{ID: "m"})
+				sp.End()
+			}
+		}()
+	}
+	wg.Wait()
+	st := tr.Stats()
+	if st.Unsampled != workers*per {
+		t.Errorf("unsampled %d, want %d", st.Unsampled, workers*per)
+	}
+	if st.TailDropped < workers*per-tailShards || st.TailDropped > workers*per {
+		t.Errorf("tail dropped %d, want %d to %d", st.TailDropped, workers*per-tailShards, workers*per)
 	}
 }

@@ -207,7 +207,11 @@ func Kind(group string) string {
 // as if the set were nil: bench/metricscost alternates it to compare metrics
 // on and off in one cluster. The connections gauge keeps counting, so that
 // it is right when counting resumes.
-func (s *Set) Pause(p bool) { s.paused.Store(p) }
+func (s *Set) Pause(p bool) {
+	if s != nil {
+		s.paused.Store(p)
+	}
+}
 
 // off reports whether the message path counts nothing: no set, or paused.
 func (s *Set) off() bool { return s == nil || s.paused.Load() }

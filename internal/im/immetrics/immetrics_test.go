@@ -18,6 +18,7 @@ import (
 
 func TestNilSetIsOff(t *testing.T) {
 	var s *Set
+	s.Pause(true) // nil-safe too
 	s.Frame("in", "send")
 	s.Request("send")
 	s.Fail("send", "bad_request")
