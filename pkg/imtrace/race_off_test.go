@@ -1,0 +1,5 @@
+//go:build !race
+
+package imtrace
+
+const raceOn = false
