@@ -202,27 +202,28 @@ func parseGeneral(h string, scc *trace.SpanContextConfig) bool {
 // dashes checked by the caller), as parseTraceparent's general path would.
 func parseFixed(h string, scc *trace.SpanContextConfig) bool {
 	_ = h[54]
-	var bad byte // a digit that is not lower-case hex sets its high bit
-	var ver, flags byte
-	ver, bad = unhexTable[h[0]]<<4|unhexTable[h[1]]&0x0f, unhexTable[h[0]]|unhexTable[h[1]]
-	for i := 0; i < 16; i++ {
-		hi, lo := unhexTable[h[3+2*i]], unhexTable[h[4+2*i]]
-		bad |= hi | lo
-		scc.TraceID[i] = hi<<4 | lo&0x0f
+	ver, bad := unhex2(h[0], h[1]) // a digit that is not lower-case hex sets bad's high bit
+	for i := range scc.TraceID {
+		v, b := unhex2(h[3+2*i], h[4+2*i])
+		scc.TraceID[i], bad = v, bad|b
 	}
-	for i := 0; i < 8; i++ {
-		hi, lo := unhexTable[h[36+2*i]], unhexTable[h[37+2*i]]
-		bad |= hi | lo
-		scc.SpanID[i] = hi<<4 | lo&0x0f
+	for i := range scc.SpanID {
+		v, b := unhex2(h[36+2*i], h[37+2*i])
+		scc.SpanID[i], bad = v, bad|b
 	}
-	hi, lo := unhexTable[h[53]], unhexTable[h[54]]
-	bad |= hi | lo
-	flags = hi<<4 | lo&0x0f
-	if bad&0x80 != 0 || ver > maxTraceVersion || (ver == 0 && flags > 3) {
+	flags, b := unhex2(h[53], h[54])
+	if (bad|b)&0x80 != 0 || ver > maxTraceVersion || (ver == 0 && flags > 3) {
 		return false
 	}
 	scc.TraceFlags = trace.TraceFlags(flags) & (trace.FlagsSampled | trace.FlagsRandom)
 	return scc.TraceID.IsValid() && scc.SpanID.IsValid()
+}
+
+// unhex2 is the byte of two hex digits, and their table entries or'ed
+// together (high bit set: not both lower-case hex).
+func unhex2(hi, lo byte) (v, bad byte) {
+	h, l := unhexTable[hi], unhexTable[lo]
+	return h<<4 | l&0x0f, h | l
 }
 
 // unhexTable maps a lower-case hex digit to its value and every other byte
