@@ -2,7 +2,10 @@ package imtrace
 
 import (
 	"context"
+	"math/rand/v2"
 	"runtime"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -206,3 +209,36 @@ func BenchmarkParse(b *testing.B) {
 }
 
 var benchSC trace.SpanContext
+
+// BenchmarkFloor: what the span's unavoidable steps cost on the machine, one
+// at a time, for docs/benchmarks.md's account of the unsampled span: a
+// locked add (a counter), a mutex lock and unlock (the tail shard's), a
+// span id's random number, a read of the monotonic clock.
+func BenchmarkFloor(b *testing.B) {
+	var n atomic.Uint64
+	var mu sync.Mutex
+	var sink uint64
+	b.Run("atomic-add", func(b *testing.B) {
+		for b.Loop() {
+			n.Add(1)
+		}
+	})
+	b.Run("mutex", func(b *testing.B) {
+		for b.Loop() {
+			mu.Lock()
+			sink++
+			mu.Unlock()
+		}
+	})
+	b.Run("rand", func(b *testing.B) {
+		for b.Loop() {
+			sink += rand.Uint64()
+		}
+	})
+	b.Run("clock", func(b *testing.B) {
+		for b.Loop() {
+			sink += uint64(monoNow())
+		}
+	})
+	_ = sink
+}
