@@ -19,6 +19,7 @@ import (
 	"github.com/imwatch/imwatch/internal/fault"
 	"github.com/imwatch/imwatch/internal/im/chatsim"
 	"github.com/imwatch/imwatch/internal/im/cluster"
+	"github.com/imwatch/imwatch/internal/probe"
 	"github.com/imwatch/imwatch/rules"
 	"github.com/nats-io/nats.go"
 )
@@ -124,22 +125,12 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 	var sim *chatsim.Sim
 	if err == nil && *users > 0 {
 		sim, err = chatsim.Start(ctx, chatsim.Config{URLs: c.URLs(), Secret: secret, Users: *users, Rate: *rate, Log: log})
-		if err != nil {
-			err = errors.Join(err, stopUpProbers(context.Background(), probers))
-		}
 	}
 	if err != nil {
-		sctx, scancel := context.WithTimeout(context.Background(), stopTimeout)
-		defer scancel()
-		cen.Stop(sctx)
-		faultConn.Close()
-		if as != nil {
-			as.Stop(sctx)
-		}
-		c.Stop(stopTimeout)
+		stopErr := stopUp(c, cen, faultConn, as, probers, nil)
 		if sig.Err() != nil { // the probers or users were starting: a stop, not a failure
 			log.Info("stopped during start-up", "signal", stopReason(sig))
-			return nil
+			return stopErr
 		}
 		return err
 	}
@@ -170,15 +161,21 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 	printUpGuide(stdout, cen.URL(), *data)
 	<-sig.Done()
 	log.Info("stopping", "signal", stopReason(sig))
+	return stopUp(c, cen, faultConn, as, probers, sim)
+}
+
+// stopUp stops what `imwatch up` started, after a signal or when a later
+// part failed to start. The users and probers first, so that their last
+// results reach the center; then the parts' spans are flushed while the
+// center still takes them (a tracer left with spans for a center that is gone
+// would spend its whole stop timeout retrying); then the center, which flushes
+// its store, so that it does not scrape parts already stopped; the IM last.
+func stopUp(c *cluster.Cluster, cen *center.Center, faultConn *nats.Conn, as *agent.Server, probers []*probe.Prober, sim *chatsim.Sim) error {
 	if sim != nil {
 		sim.Stop()
 	}
-	// The center first, so that it does not scrape parts already stopped;
-	// it flushes its store on the way.
 	sctx, scancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer scancel()
-	// The probers first, so that their last results reach the center, and
-	// the spans the IM's parts hold.
 	errs := []error{stopUpProbers(sctx, probers)}
 	fctx, fcancel := context.WithTimeout(sctx, 2*time.Second)
 	_ = c.FlushTracing(fctx)

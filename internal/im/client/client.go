@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,6 +48,9 @@ type Config struct {
 	// received. nil switches tracing off: the frames then carry on the
 	// context they came with (WithTrace's, the deliver's), unchanged.
 	Tracer *imtrace.Tracer
+
+	// dial replaces the TCP dial of the WebSocket handshake (tests).
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Message is a message received by this device.
@@ -92,6 +97,7 @@ type Client struct {
 	closeOnce sync.Once
 	done      chan struct{}
 
+	httpc      *http.Client // the WebSocket handshakes'
 	reconnects atomic.Int64
 	dialTime   time.Duration // of the last connection: WebSocket dial
 	authTime   time.Duration // and auth frame to auth_ok
@@ -132,6 +138,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		closed:  make(chan struct{}),
 		done:    make(chan struct{}),
 	}
+	c.httpc = handshakeClient(cfg)
 	c.order = newOrderer(c.emit)
 	first := make(chan error, 1)
 	go c.run(first)

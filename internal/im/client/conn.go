@@ -89,6 +89,22 @@ func (c *Client) run(first chan<- error) {
 	}
 }
 
+// handshakeClient is the HTTP client of a Client's WebSocket handshakes.
+// Its transport keeps no idle connections: http.Transport finishes a TCP
+// dial that the handshake's context cancelled and would pool the connection
+// for a later request, open and silent, which holds a gateway's graceful
+// stop until its grace runs out (a client stopped while dialling); a
+// WebSocket connection is taken over from the transport anyway, so there is
+// never one to reuse.
+func handshakeClient(cfg Config) *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.DisableKeepAlives = true
+	if cfg.dial != nil {
+		t.DialContext = cfg.dial
+	}
+	return &http.Client{Transport: t, Timeout: cfg.DialTimeout}
+}
+
 // connect dials url and authenticates.
 func (c *Client) connect(ctx context.Context, url string) (*session, error) {
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
@@ -98,7 +114,7 @@ func (c *Client) connect(ctx context.Context, url string) (*session, error) {
 		return nil, fmt.Errorf("%w: token: %v", ErrAuth, err)
 	}
 	start := time.Now()
-	ws, resp, err := websocket.Dial(dctx, url, &websocket.DialOptions{HTTPClient: &http.Client{Timeout: c.cfg.DialTimeout}})
+	ws, resp, err := websocket.Dial(dctx, url, &websocket.DialOptions{HTTPClient: c.httpc})
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", url, err)
 	}
