@@ -44,21 +44,47 @@ const (
 // spanData is everything a hop span holds until it ends; an unsampled span's
 // copy of it waits in the tail buffer. The attributes are built from it only
 // when the span is exported, so a span that never is builds none.
+//
+// It is kept small (272 bytes; an unsampled span writes all of it into memory
+// that is usually cold): the parent is its span id and flags (the trace is
+// the span's own), an error's details are behind a pointer (a failed span
+// is rare and exported anyway), the small fields are bytes.
 type spanData struct {
-	name      string
-	kind      trace.SpanKind
-	sc        trace.SpanContext
-	parent    trace.SpanContext
-	start     int64 // monotonic clock, nanoseconds (monoNow)
-	end       int64
-	msg       Message
-	links     []trace.Link
-	errType   string
-	errMsg    string // the status message, and the exception's message
-	excpType  string
-	failed    bool
+	name    string
+	sc      trace.SpanContext
+	parent  trace.SpanID // zero: a root span
+	start   int64        // monotonic clock, nanoseconds (monoNow)
+	end     int64
+	msg     Message
+	links   []trace.Link
+	err     *spanError // nil: not failed
+	kind    uint8      // trace.SpanKind
+	pflags  trace.TraceFlags
+	premote bool
+	kept    uint8 // keptNone, keptErr, keptSlow: why an unsampled span was exported
+}
+
+// spanError is what a failed span says about its error.
+type spanError struct {
+	errType   string // error.type, for SetErrorCode
+	msg       string // the status message, and the exception's message
+	excpType  string // exception.type, for SetError
 	hasExcept bool
-	kept      string
+}
+
+const (
+	keptNone = iota
+	keptErr
+	keptSlow
+)
+
+// parentContext is the span's parent as a SpanContext: same trace.
+func (d *spanData) parentContext() trace.SpanContext {
+	if !d.parent.IsValid() {
+		return trace.SpanContext{}
+	}
+	return trace.NewSpanContext(trace.SpanContextConfig{TraceID: d.sc.TraceID(), SpanID: d.parent,
+		TraceFlags: d.pflags, TraceState: d.sc.TraceState(), Remote: d.premote})
 }
 
 // Span is one hop's span. It is a small handle: keep it in a variable (or
@@ -119,12 +145,25 @@ func (t *Tracer) StartInto(s *Span, parent trace.SpanContext, name string, kind 
 // record it is exported with or the pooled spanData the tail buffer keeps,
 // so that neither is copied again at End.
 func (t *Tracer) start(s *Span, parent trace.SpanContext, name string, kind trace.SpanKind, m *Message, links []trace.Link, at time.Time) {
-	if t == nil {
+	if t == nil || t.paused.Load() {
+		s.sc = parent
+		return
+	}
+	valid := parent.IsValid()
+	if valid && !t.tailOn && !m.Probe && !parent.IsSampled() {
+		// Head sampling only, and the trace not sampled: the span would
+		// record nothing, so it takes no id of its own and passes its
+		// parent's context on, as a hop without tracing does. A later hop
+		// that exports a span of the trace after all (a process with the
+		// tail part on) then has a parent that is exported, and this hop
+		// shows as the untraced gap it is, rather than as a parent that
+		// never arrives.
+		t.stats.unsampled.add(parent.TraceID())
+		s.t = t
 		s.sc = parent
 		return
 	}
 	var scc trace.SpanContextConfig
-	valid := parent.IsValid()
 	if valid {
 		scc.TraceID = parent.TraceID()
 		scc.TraceState = parent.TraceState()
@@ -162,16 +201,16 @@ func (t *Tracer) start(s *Span, parent trace.SpanContext, name string, kind trac
 	// Field by field: assigning a whole spanData to the heap costs a bulk
 	// copy with write barriers; a pooled one may hold an old span's error.
 	d.sc = trace.NewSpanContext(scc)
-	d.parent = parent
+	d.parent = parent.SpanID()
+	d.pflags = parent.TraceFlags()
+	d.premote = parent.IsRemote()
 	d.name = name
-	d.kind = kind
+	d.kind = uint8(kind)
 	d.msg = *m
 	d.links = links
 	d.start = monoAt(at)
-	if d.failed || d.kept != "" {
-		d.errType, d.errMsg, d.excpType = "", "", ""
-		d.failed, d.hasExcept, d.kept = false, false, ""
-	}
+	d.err = nil
+	d.kept = keptNone
 	s.d = d
 	s.sc = d.sc
 }
@@ -277,10 +316,7 @@ func (s *Span) SetError(err error) {
 	if err == nil || s.d == nil {
 		return
 	}
-	s.d.failed = true
-	s.d.errMsg = err.Error()
-	s.d.hasExcept = true
-	s.d.excpType = errorType(err)
+	s.d.err = &spanError{msg: err.Error(), hasExcept: true, excpType: errorType(err)}
 }
 
 // SetErrorCode marks the span failed with an IM error code (error.type) and a
@@ -289,9 +325,7 @@ func (s *Span) SetErrorCode(code, msg string) {
 	if s.d == nil {
 		return
 	}
-	s.d.failed = true
-	s.d.errType = code
-	s.d.errMsg = msg
+	s.d.err = &spanError{errType: code, msg: msg}
 }
 
 func errorType(err error) string {
@@ -332,7 +366,7 @@ func (s *Span) EndAt(at time.Time) {
 	// d is the tail's from here: put keeps it, or promote exports and
 	// recycles it.
 	slow := t.slow >= 0 && d.end-d.start >= t.slow
-	if !d.failed && !slow {
+	if d.err == nil && !slow {
 		if t.tail.put(d) {
 			t.promote(d) // its trace was promoted before
 		}
@@ -347,9 +381,9 @@ func (s *Span) EndAt(at time.Time) {
 		}
 		return
 	}
-	d.kept = KeptSlow
-	if d.failed {
-		d.kept = KeptErr
+	d.kept = keptSlow
+	if d.err != nil {
+		d.kept = keptErr
 	}
 	for _, b := range t.tail.promote(d.sc.TraceID(), d.end) {
 		t.promote(b)
@@ -448,7 +482,7 @@ func (r *record) build() {
 	r.start, r.end = wallTime(d.start), wallTime(d.end)
 	a := r.attrs[:0]
 	a = append(a, systemAttr)
-	if op, ok := operationType(d.kind); ok {
+	if op, ok := operationType(trace.SpanKind(d.kind)); ok {
 		a = append(a, op)
 	}
 	m := &d.msg
@@ -471,11 +505,14 @@ func (r *record) build() {
 		a = append(a, KeyAttempt.Int(m.Attempt))
 	}
 	a = append(a, KeyProbe.Bool(m.Probe))
-	if d.errType != "" {
-		a = append(a, KeyErrorType.String(d.errType))
+	if d.err != nil && d.err.errType != "" {
+		a = append(a, KeyErrorType.String(d.err.errType))
 	}
-	if d.kept != "" {
-		a = append(a, KeyKept.String(d.kept))
+	switch d.kept {
+	case keptErr:
+		a = append(a, KeyKept.String(KeptErr))
+	case keptSlow:
+		a = append(a, KeyKept.String(KeptSlow))
 	}
 	r.nattrs = len(a)
 	r.links = r.links[:0]
@@ -486,9 +523,9 @@ func (r *record) build() {
 		r.links = append(r.links, sdktrace.Link{SpanContext: l.SpanContext, Attributes: l.Attributes})
 	}
 	r.nevent = 0
-	if d.hasExcept {
-		r.evAttr[0] = semconv.ExceptionTypeKey.String(d.excpType)
-		r.evAttr[1] = semconv.ExceptionMessageKey.String(d.errMsg)
+	if d.err != nil && d.err.hasExcept {
+		r.evAttr[0] = semconv.ExceptionTypeKey.String(d.err.excpType)
+		r.evAttr[1] = semconv.ExceptionMessageKey.String(d.err.msg)
 		r.event[0] = sdktrace.Event{Name: semconv.ExceptionEventName, Attributes: r.evAttr[:], Time: r.end}
 		r.nevent = 1
 	}
@@ -527,8 +564,8 @@ func operationType(k trace.SpanKind) (attribute.KeyValue, bool) {
 
 func (r *record) Name() string                     { return r.d.name }
 func (r *record) SpanContext() trace.SpanContext   { return r.d.sc }
-func (r *record) Parent() trace.SpanContext        { return r.d.parent }
-func (r *record) SpanKind() trace.SpanKind         { return r.d.kind }
+func (r *record) Parent() trace.SpanContext        { return r.d.parentContext() }
+func (r *record) SpanKind() trace.SpanKind         { return trace.SpanKind(r.d.kind) }
 func (r *record) StartTime() time.Time             { return r.ready().start }
 func (r *record) EndTime() time.Time               { return r.ready().end }
 func (r *record) Attributes() []attribute.KeyValue { r.ready(); return r.attrs[:r.nattrs:r.nattrs] }
@@ -546,8 +583,8 @@ func (r *record) DroppedLinks() int                               { return 0 }
 func (r *record) DroppedEvents() int                              { return 0 }
 func (r *record) ChildSpanCount() int                             { return 0 }
 func (r *record) Status() sdktrace.Status {
-	if r.d.failed {
-		return sdktrace.Status{Code: codes.Error, Description: r.d.errMsg}
+	if r.d.err != nil {
+		return sdktrace.Status{Code: codes.Error, Description: r.d.err.msg}
 	}
 	return sdktrace.Status{Code: codes.Unset}
 }

@@ -160,6 +160,7 @@ type Tracer struct {
 	ratio   sdktrace.Sampler // TraceIDRatioBased: the root decision
 	slow    int64            // ns; <0 never
 	tailOn  bool             // unsampled spans are recorded for promotion
+	paused  atomic.Bool      // Pause: new spans record nothing, as with a nil Tracer
 	out     sdktrace.SpanProcessor
 	bounded *boundedProcessor // nil with Config.Processor
 	recycle bool              // records go back to the pool after export
@@ -199,6 +200,19 @@ func (c *stripedCounter) load() (n uint64) {
 		n += c[i].n.Load()
 	}
 	return n
+}
+
+// Pause switches the tracer's spans off (true) and on again (false) while
+// it runs: a span started while paused records nothing and passes on the
+// context it was given, unchanged, as a nil Tracer's does (Config.Disabled),
+// so the hops add no trace context of their own; a span started before ends
+// as usual, and the exporter keeps running. For a comparison of tracing on
+// and off within one running process (bench/tracingcost), or an operator
+// switch. A nil Tracer ignores it.
+func (t *Tracer) Pause(paused bool) {
+	if t != nil {
+		t.paused.Store(paused)
+	}
 }
 
 // Stats are the tracer's counters since it was made; the IM exports them

@@ -520,6 +520,16 @@ func TestTailOff(t *testing.T) {
 	if got := rec.Ended(); len(got) != 1 || got[0].Name() != SpanProbeRound || got[0].EndTime().Before(got[0].StartTime()) {
 		t.Fatalf("with the tail off, exported %v", got)
 	}
+	// An unsampled span that records nothing passes its parent's context
+	// on, as an untraced hop does; a new trace still gets ids of its own.
+	child := tr.Start(benchUnsampled, SpanLogicHandle, trace.SpanKindServer, benchMsg)
+	if !child.SpanContext().Equal(benchUnsampled) || child.Traceparent() != Format(benchUnsampled) {
+		t.Errorf("head-only unsampled span passes on %v, want its parent's %v", child.SpanContext(), benchUnsampled)
+	}
+	child.End()
+	if !sp.SpanContext().IsValid() {
+		t.Errorf("a new unsampled trace has no valid context: %v", sp.SpanContext())
+	}
 	if n := testing.AllocsPerRun(1000, func() {
 		sp := tr.Start(benchUnsampled, SpanLogicHandle, trace.SpanKindServer, benchMsg)
 		sp.End()
@@ -749,4 +759,39 @@ func TestTailHandOverUnderRace(t *testing.T) {
 	if st.TailDropped < workers*per-tailShards || st.TailDropped > workers*per {
 		t.Errorf("tail dropped %d, want %d to %d", st.TailDropped, workers*per-tailShards, workers*per)
 	}
+}
+
+// TestPause: a paused tracer's spans record nothing, pass their parent's
+// context on and leave carriers as they were, even probes and failures; a
+// span started before the pause ends as usual, and spans record again once
+// the pause ends.
+func TestPause(t *testing.T) {
+	tr, rec := newTestTracer(t, Config{Ratio: 1, Slow: time.Nanosecond})
+	before := tr.Start(benchSampled, SpanLogicHandle, trace.SpanKindServer, benchMsg)
+	tr.Pause(true)
+	for _, m := range []Message{benchMsg, {Probe: true}} {
+		sp := tr.Start(benchSampled, SpanLogicHandle, trace.SpanKindServer, m)
+		if !sp.SpanContext().Equal(benchSampled) {
+			t.Errorf("paused span's context %v, want its parent's %v", sp.SpanContext(), benchSampled)
+		}
+		carrier := "unchanged"
+		sp.Inject(Field(&carrier))
+		if carrier != "unchanged" {
+			t.Errorf("paused span injected %q", carrier)
+		}
+		sp.SetErrorCode("unavailable", "x")
+		sp.End()
+	}
+	before.End()
+	if got := rec.Ended(); len(got) != 1 || got[0].SpanContext().Equal(benchSampled) {
+		t.Fatalf("while paused, exported %d spans, want only the one started before", len(got))
+	}
+	tr.Pause(false)
+	sp := tr.Start(benchSampled, SpanLogicHandle, trace.SpanKindServer, benchMsg)
+	sp.End()
+	if got := rec.Ended(); len(got) != 2 {
+		t.Fatalf("after the pause, %d spans exported, want 2", len(got))
+	}
+	var nilTracer *Tracer
+	nilTracer.Pause(true) // does nothing, and does not panic
 }
