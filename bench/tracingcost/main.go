@@ -13,6 +13,15 @@
 // center, which has figures of its own; -sink center sends them to a real
 // center in the process instead. The load generator's own client spans are
 // off unless -client-tracing.
+//
+// With -mode toggle (the default) each tracing configuration runs in a
+// cluster of its own, started once, against which every round measures it
+// on and off: off is the same cluster with its tracers paused
+// (imtrace.Tracer.Pause: the hops record nothing and add no trace context,
+// as with tracing off), so that the comparison does not carry the
+// difference between two cluster starts; reported are the medians of the
+// per-round ratios on/off. -mode clusters starts a fresh cluster per
+// configuration and round, off without tracers, and compares medians.
 package main
 
 import (
@@ -27,6 +36,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"time"
 
@@ -53,6 +63,7 @@ func main() {
 	sink := flag.String("sink", "discard", "where spans go: discard (an OTLP/HTTP endpoint in the process that reads and drops them) or center")
 	clientTracing := flag.Bool("client-tracing", false, "also trace the load generator's clients (im.client.*)")
 	compression := flag.String("compression", "auto", "compression of the OTLP requests: auto (none to the loopback sink, as imwatch up's parts), gzip or none")
+	mode := flag.String("mode", "toggle", "toggle: a cluster per tracing configuration, measured on and paused (off) in every round; clusters: a fresh cluster per configuration and round")
 	flag.IntVar(&tailBuffer, "tail-buffer", 0, "imtrace.Config.TailBuffer of the parts' tracers (0: the default)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	memProfile := flag.String("memprofile", "", "write an allocation profile of the whole run to this file (go tool pprof -sample_index=alloc_space)")
@@ -108,6 +119,12 @@ func main() {
 	defer stopSink()
 	secret := []byte("tracingcost-secret-0123456789")
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if *mode == "toggle" {
+		toggle(setups, *rounds, *compression, endpoint, *clientTracing, secret, *users, *satRate, *fixedRate, *duration, log)
+		return
+	} else if *mode != "clusters" {
+		fail(fmt.Errorf("-mode %q: toggle or clusters", *mode))
+	}
 	dps := map[string][]float64{}
 	cpu := map[string][]float64{}
 	for r := 0; r < *rounds; r++ {
@@ -138,11 +155,90 @@ type result struct {
 }
 
 func run(s setup, compression, endpoint string, clientTracing bool, secret []byte, users int, satRate, fixedRate float64, d time.Duration, log *slog.Logger) (result, error) {
-	dir, err := os.MkdirTemp("", "tracingcost")
+	t, err := start(s, compression, endpoint, clientTracing, secret, log)
 	if err != nil {
 		return result{}, err
 	}
-	defer os.RemoveAll(dir)
+	defer t.stop()
+	return t.measure(users, satRate, fixedRate, d, secret, log, s.name)
+}
+
+// toggle is -mode toggle: a cluster per tracing configuration, each round
+// measuring every one on and paused, in alternating order.
+func toggle(setups []setup, rounds int, compression, endpoint string, clientTracing bool, secret []byte, users int, satRate, fixedRate float64, d time.Duration, log *slog.Logger) {
+	var on []setup
+	var targets []*target
+	for _, s := range setups {
+		if s.ratio < 0 {
+			continue // off is every configuration's own cluster, paused
+		}
+		t, err := start(s, compression, endpoint, clientTracing, secret, log)
+		if err != nil {
+			fail(err)
+		}
+		defer t.stop()
+		on, targets = append(on, s), append(targets, t)
+	}
+	if len(on) == 0 {
+		fail(fmt.Errorf("-mode toggle needs a configuration with tracing on"))
+	}
+	type series struct{ dpsOn, dpsOff, cpuOn, cpuOff, satRatio, cpuRatio []float64 }
+	res := make([]series, len(on))
+	for r := 0; r < rounds; r++ {
+		for i, s := range on {
+			t := targets[i]
+			var got [2]result // off, on
+			for k := range 2 {
+				tracing := (k+r)%2 == 0
+				for _, tr := range t.tracers {
+					tr.Pause(!tracing)
+				}
+				name := s.name
+				if !tracing {
+					name += "-paused"
+				}
+				x, err := t.measure(users, satRate, fixedRate, d, secret, log, name)
+				if err != nil {
+					fail(err)
+				}
+				if tracing {
+					got[1] = x
+				} else {
+					got[0] = x
+				}
+				fmt.Printf("round %d %-16s saturated %7.0f delivered/s (%6.1f µs CPU per message)   at %g/s: %6.1f µs CPU per message   spans exported %d (promoted %d), dropped %d\n",
+					r+1, name, x.dps, x.satCPU, fixedRate, x.cpuPerMsg, x.exported, x.promoted, x.dropped)
+			}
+			sr := &res[i]
+			sr.dpsOn, sr.dpsOff = append(sr.dpsOn, got[1].dps), append(sr.dpsOff, got[0].dps)
+			sr.cpuOn, sr.cpuOff = append(sr.cpuOn, got[1].cpuPerMsg), append(sr.cpuOff, got[0].cpuPerMsg)
+			sr.satRatio = append(sr.satRatio, got[1].dps/got[0].dps)
+			sr.cpuRatio = append(sr.cpuRatio, got[0].cpuPerMsg/got[1].cpuPerMsg)
+		}
+	}
+	fmt.Printf("\nmedians of %d rounds; on against the same cluster paused\n", rounds)
+	fmt.Printf("%-8s %10s %10s %22s %10s %10s %22s\n", "config", "sat. on", "paused", "ratio (min-max)", "µs/msg on", "paused", "off/on (min-max)")
+	for i, s := range on {
+		sr := res[i]
+		fmt.Printf("%-8s %10.0f %10.0f %8.3f (%.3f-%.3f) %10.1f %10.1f %8.3f (%.3f-%.3f)\n", s.name,
+			costrun.Median(sr.dpsOn), costrun.Median(sr.dpsOff), costrun.Median(sr.satRatio), slices.Min(sr.satRatio), slices.Max(sr.satRatio),
+			costrun.Median(sr.cpuOn), costrun.Median(sr.cpuOff), costrun.Median(sr.cpuRatio), slices.Min(sr.cpuRatio), slices.Max(sr.cpuRatio))
+	}
+}
+
+// target is a running cluster of one configuration, and its tracers.
+type target struct {
+	c       *cluster.Cluster
+	tracers []*imtrace.Tracer
+	client  *imtrace.Tracer // the load generator's, with -client-tracing
+	stop    func()
+}
+
+func start(s setup, compression, endpoint string, clientTracing bool, secret []byte, log *slog.Logger) (*target, error) {
+	dir, err := os.MkdirTemp("", "tracingcost")
+	if err != nil {
+		return nil, err
+	}
 	var tmpl *imtrace.Config
 	var tracers []*imtrace.Tracer
 	o := cluster.Options{DataDir: dir, Secret: secret, Log: log, Metrics: true, GatewayListen: []string{"127.0.0.1:0", "127.0.0.1:0"}}
@@ -158,37 +254,59 @@ func run(s setup, compression, endpoint string, clientTracing bool, secret []byt
 	defer cancel()
 	c, err := cluster.Start(ctx, o)
 	if err != nil {
-		return result{}, err
+		os.RemoveAll(dir)
+		return nil, err
 	}
-	defer c.Stop(10 * time.Second)
+	t := &target{c: c}
+	t.stop = func() {
+		if t.client != nil {
+			_ = t.client.Shutdown(context.Background())
+		}
+		_ = c.Stop(10 * time.Second)
+		os.RemoveAll(dir)
+	}
 	for _, g := range c.Gateways {
 		tracers = append(tracers, g.Tracer())
 	}
 	for _, l := range c.Logics {
 		tracers = append(tracers, l.Tracer())
 	}
-	var ct *imtrace.Tracer
 	if clientTracing && tmpl != nil {
 		cfg := *tmpl
 		cfg.Service, cfg.Instance = cluster.ServiceClient, "loadgen"
-		if ct, err = imtrace.New(cfg); err != nil {
-			return result{}, err
+		if t.client, err = imtrace.New(cfg); err != nil {
+			t.stop()
+			return nil, err
 		}
-		defer ct.Shutdown(context.Background())
-		tracers = append(tracers, ct)
+		tracers = append(tracers, t.client)
 	}
-	cr, err := costrun.Run(c, costrun.Load{Users: users, SatRate: satRate, FixedRate: fixedRate, Duration: d,
-		Secret: secret, Log: log, Tracer: ct}, s.name)
+	for _, tr := range tracers {
+		if tr != nil {
+			t.tracers = append(t.tracers, tr)
+		}
+	}
+	return t, nil
+}
+
+// measure runs the load against the target; the span counts are those of
+// this run.
+func (t *target) measure(users int, satRate, fixedRate float64, d time.Duration, secret []byte, log *slog.Logger, name string) (result, error) {
+	before := make([]imtrace.Stats, len(t.tracers))
+	for i, tr := range t.tracers {
+		before[i] = tr.Stats()
+	}
+	cr, err := costrun.Run(t.c, costrun.Load{Users: users, SatRate: satRate, FixedRate: fixedRate, Duration: d,
+		Secret: secret, Log: log, Tracer: t.client}, name)
 	if err != nil {
 		return result{}, err
 	}
 	res := result{dps: cr.DPS, satCPU: cr.SatCPUPerMsg, cpuPerMsg: cr.CPUPerMsg}
-	for _, tr := range tracers {
+	for i, tr := range t.tracers {
 		_ = tr.ForceFlush(context.Background())
-		st := tr.Stats()
-		res.exported += st.Exported
-		res.dropped += st.ExportDropped
-		res.promoted += st.Promoted
+		st, b := tr.Stats(), before[i]
+		res.exported += st.Exported - b.Exported
+		res.dropped += st.ExportDropped - b.ExportDropped
+		res.promoted += st.Promoted - b.Promoted
 	}
 	return res, nil
 }
