@@ -49,8 +49,9 @@
 //     (Config.QueueSize) is refused and counted (Stats.ExportDropped).
 //
 // With Config.TailBuffer negative the tail part is off: an unsampled span
-// records nothing (not even its times), and errors and slow spans of
-// unsampled traces are not kept.
+// records nothing (not even its times) and takes no span id of its own: it
+// passes its parent's context on, as an untraced hop does; errors and slow
+// spans of unsampled traces are not kept.
 //
 // Promotion is bounded: at most Config.MaxPromotions traces a second
 // (DefaultMaxPromotions) per process; past that a failed or slow span stays
