@@ -11,10 +11,12 @@ import (
 	"github.com/imwatch/imwatch/internal/center/centertest"
 	"github.com/imwatch/imwatch/internal/center/config"
 	"github.com/imwatch/imwatch/internal/center/traces"
+	"github.com/imwatch/imwatch/internal/fault"
 	"github.com/imwatch/imwatch/internal/im/client"
 	"github.com/imwatch/imwatch/internal/im/cluster"
 	"github.com/imwatch/imwatch/internal/im/imtest"
 	"github.com/imwatch/imwatch/pkg/imtrace"
+	"github.com/nats-io/nats.go"
 )
 
 // traceCenter is a real center in the test process, receiving the spans of
@@ -283,9 +285,25 @@ func spanName(tr traces.Trace, id string) string {
 // with a gap threshold of 100 µs here: the untraced hop (NATS to the
 // gateway, its queue, the WebSocket) is fast on an idle machine, faster
 // than the default threshold, which is set for a loaded one.
+//
+// The untraced gateway holds each push 100 ms (a latency fault): a gap is
+// time after the parent span's end, and the parent here, the logic node's
+// im.store.append, ends when JetStream's acknowledgement is back, which on a
+// loaded machine can come after an idle gateway's push has already reached
+// the device (docs/tracing.md); an untraced hop that takes no time beyond
+// its parent's end shows no gap in time, and the test would depend on the
+// machine's load.
 func TestUntracedHopKeepsTraceWhole(t *testing.T) {
 	base, endpoint := traceCenter(t, 100*time.Microsecond)
-	c := startIMWith(t, tracingArgs(endpoint, "gw-2"), "gw-1", "gw-2")
+	args := func(part string) []string {
+		a := tracingArgs(endpoint, "gw-2")(part)
+		if part == "gw-2" {
+			a = append(a, "--faults")
+		}
+		return a
+	}
+	c := startIMWith(t, args, "gw-1", "gw-2")
+	holdPushes(t, c.nats.URL, "gw-2", 100*time.Millisecond)
 	tr := clientTracer(t, endpoint)
 	alice := dialTraced(t, c.urls("gw-1"), "alice", tr)
 	bob := dialTraced(t, c.urls("gw-2"), "bob", tr)
@@ -328,4 +346,44 @@ func TestUntracedHopKeepsTraceWhole(t *testing.T) {
 	if strings.Contains(centertest.Waterfall(got), "MISSING") {
 		t.Error("a span points at a parent the center does not have")
 	}
+}
+
+// holdPushes makes the gateway gw hold each push for delay, with a latency
+// fault sent as the center sends it, over the cluster's NATS, and waits
+// until the gateway applies it.
+func holdPushes(t *testing.T, natsURL, gw string, delay time.Duration) {
+	t.Helper()
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	ctl, err := fault.NewNATSController(nc, imtest.Logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := fault.NewRegistry(ctl, nil, fault.Options{Log: imtest.Logger()})
+	reg.Start()
+	t.Cleanup(reg.Stop)
+	imtest.Eventually(t, 15*time.Second, func() error {
+		for _, in := range reg.Instances() {
+			if in.Name == gw {
+				return nil
+			}
+		}
+		return fmt.Errorf("%s has not reported to the fault controller", gw)
+	})
+	f, err := reg.Add(fault.Spec{Kind: fault.KindLatency, Hop: fault.HopGatewayPush, Instance: gw,
+		Delay: fault.Duration(delay), Duration: fault.Duration(5 * time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	imtest.Eventually(t, 15*time.Second, func() error {
+		for _, g := range reg.List(false) {
+			if g.ID == f.ID && g.Applied {
+				return nil
+			}
+		}
+		return fmt.Errorf("fault %s not applied by %s", f.ID, gw)
+	})
 }
