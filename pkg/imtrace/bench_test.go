@@ -242,3 +242,51 @@ func BenchmarkFloor(b *testing.B) {
 	})
 	_ = sink
 }
+
+// BenchmarkEncode: one hop span's OTLP encoding as the exporter does it,
+// straight from the record's data ("direct", the path since the records
+// are encoded so) and by building the record's attributes first and reading
+// them through its ReadOnlySpan methods ("build-read", the path before).
+func BenchmarkEncode(b *testing.B) {
+	var recs []*record
+	capture := captureAll{}
+	t, err := New(Config{Service: "bench", Instance: "1", Processor: &capture, Ratio: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for range 512 {
+		sp := t.Start(benchSampled, SpanLogicHandle, trace.SpanKindServer, benchMsg)
+		sp.End()
+	}
+	for _, s := range capture.spans {
+		recs = append(recs, s.(*record))
+	}
+	buf := make([]byte, 0, 4096)
+	b.Run("direct", func(b *testing.B) {
+		defer threadCPU(b)()
+		i := 0
+		for b.Loop() {
+			buf = appendSpan(buf[:0], recs[i%len(recs)])
+			i++
+		}
+	})
+	b.Run("build-read", func(b *testing.B) {
+		defer threadCPU(b)()
+		i := 0
+		for b.Loop() {
+			r := recs[i%len(recs)]
+			r.built.Store(false)
+			r.ready()
+			buf = appendSpan(buf[:0], r)
+			i++
+		}
+	})
+}
+
+// captureAll keeps every ended span.
+type captureAll struct {
+	discardProcessor
+	spans []sdktrace.ReadOnlySpan
+}
+
+func (c *captureAll) OnEnd(s sdktrace.ReadOnlySpan) { c.spans = append(c.spans, s) }

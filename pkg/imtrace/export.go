@@ -216,10 +216,45 @@ func appendResource(b []byte, r *resource.Resource) []byte {
 	return b
 }
 
+// spanView is what appendSpan encodes of a span, with its attributes,
+// events and links: what its ReadOnlySpan methods return. (Those three are
+// passed apart, so that arrays on the caller's stack stay there.)
+type spanView struct {
+	sc, parent                                trace.SpanContext
+	name                                      string
+	kind                                      trace.SpanKind
+	start, end                                time.Time
+	status                                    sdktrace.Status
+	droppedAttrs, droppedEvents, droppedLinks int
+}
+
 // appendSpan appends the fields of one Span message, as the SDK's
-// exporter fills them.
+// exporter fills them. A hop span's record that nobody has read yet is
+// encoded from its data directly, its attributes and event built on the
+// stack: building them into the record first wrote a kilobyte per span into
+// memory that the exporter then read back (TestDirectEncodingMatches).
 func appendSpan(b []byte, s sdktrace.ReadOnlySpan) []byte {
-	sc, parent := s.SpanContext(), s.Parent()
+	if r, ok := s.(*record); ok && !r.built.Load() && len(r.d.links) == 0 {
+		d := &r.d
+		var attrs [maxAttrs]attribute.KeyValue
+		var ev [1]sdktrace.Event
+		v := spanView{sc: d.sc, parent: d.parentContext(), name: d.name, kind: trace.SpanKind(d.kind),
+			start: wallTime(d.start), end: wallTime(d.end), status: r.Status()}
+		var events []sdktrace.Event
+		if d.err != nil && d.err.hasExcept {
+			var evAttr [2]attribute.KeyValue // escapes: only a span failed by SetError allocates here
+			events = d.exceptionEvent(ev[:0], &evAttr, v.end)
+		}
+		return appendSpanView(b, &v, d.appendAttrs(attrs[:0]), events, nil)
+	}
+	v := spanView{sc: s.SpanContext(), parent: s.Parent(), name: s.Name(), kind: s.SpanKind(),
+		start: s.StartTime(), end: s.EndTime(),
+		status: s.Status(), droppedAttrs: s.DroppedAttributes(), droppedEvents: s.DroppedEvents(), droppedLinks: s.DroppedLinks()}
+	return appendSpanView(b, &v, s.Attributes(), s.Events(), s.Links())
+}
+
+func appendSpanView(b []byte, s *spanView, attrs []attribute.KeyValue, events []sdktrace.Event, links []sdktrace.Link) []byte {
+	sc, parent := s.sc, s.parent
 	tid, sid := sc.TraceID(), sc.SpanID()
 	b = appendBytes(b, 1, tid[:])
 	b = appendBytes(b, 2, sid[:])
@@ -229,18 +264,18 @@ func appendSpan(b []byte, s sdktrace.ReadOnlySpan) []byte {
 	if p := parent.SpanID(); p.IsValid() {
 		b = appendBytes(b, 4, p[:])
 	}
-	b = appendStr(b, 5, s.Name())
-	if k := spanKind(s.SpanKind()); k != 0 {
+	b = appendStr(b, 5, s.name)
+	if k := spanKind(s.kind); k != 0 {
 		b = protowire.AppendTag(b, 6, protowire.VarintType)
 		b = protowire.AppendVarint(b, k)
 	}
-	b = appendFixed64(b, 7, unixNano(s.StartTime()))
-	b = appendFixed64(b, 8, unixNano(s.EndTime()))
-	for _, kv := range s.Attributes() {
+	b = appendFixed64(b, 7, unixNano(s.start))
+	b = appendFixed64(b, 8, unixNano(s.end))
+	for _, kv := range attrs {
 		b = appendKeyValue(b, 9, kv)
 	}
-	b = appendUint32(b, 10, s.DroppedAttributes())
-	for _, ev := range s.Events() {
+	b = appendUint32(b, 10, s.droppedAttrs)
+	for _, ev := range events {
 		var eb []byte
 		eb = appendFixed64(eb, 1, unixNano(ev.Time))
 		eb = appendStr(eb, 2, ev.Name)
@@ -250,8 +285,8 @@ func appendSpan(b []byte, s sdktrace.ReadOnlySpan) []byte {
 		eb = appendUint32(eb, 4, ev.DroppedAttributeCount)
 		b = appendMessage(b, 11, eb)
 	}
-	b = appendUint32(b, 12, s.DroppedEvents())
-	for _, l := range s.Links() {
+	b = appendUint32(b, 12, s.droppedEvents)
+	for _, l := range links {
 		var lb []byte
 		ltid, lsid := l.SpanContext.TraceID(), l.SpanContext.SpanID()
 		lb = appendBytes(lb, 1, ltid[:])
@@ -263,9 +298,9 @@ func appendSpan(b []byte, s sdktrace.ReadOnlySpan) []byte {
 		lb = appendFixed32(lb, 6, spanFlags(l.SpanContext.TraceFlags(), l.SpanContext))
 		b = appendMessage(b, 13, lb)
 	}
-	b = appendUint32(b, 14, s.DroppedLinks())
+	b = appendUint32(b, 14, s.droppedLinks)
 	// Status (15) is always set, as the SDK's exporter does.
-	st := s.Status()
+	st := s.status
 	var sb []byte
 	sb = appendStr(sb, 2, st.Description)
 	if c := statusCode(st.Code); c != 0 {
@@ -367,6 +402,9 @@ func appendFixed64(b []byte, num protowire.Number, v uint64) []byte {
 // all the hop spans have, are written in place, their sizes computed
 // first; lists and maps through a buffer of their own.
 func appendKeyValue(b []byte, num protowire.Number, kv attribute.KeyValue) []byte {
+	if b, ok := appendSmallKeyValue(b, num, kv); ok {
+		return b
+	}
 	var nested []byte
 	avSize, scalar := scalarSize(kv.Value)
 	if !scalar {
@@ -386,6 +424,52 @@ func appendKeyValue(b []byte, num protowire.Number, kv attribute.KeyValue) []byt
 		return appendAnyValue(b, kv.Value)
 	}
 	return append(b, nested...)
+}
+
+// appendSmallKeyValue is appendKeyValue's fast path, the same bytes written
+// directly, for what the hop spans' attributes are: a string, int or bool
+// value under a key, every length and size below 128 (one-byte varints), a
+// field number below 16 (a one-byte tag). It reports false, writing
+// nothing, for anything else (TestSmallKeyValue).
+func appendSmallKeyValue(b []byte, num protowire.Number, kv attribute.KeyValue) ([]byte, bool) {
+	k := len(kv.Key)
+	if num >= 16 || k == 0 || k >= 128 {
+		return b, false
+	}
+	tag := byte(num<<3 | 2) // field num, length-delimited
+	switch kv.Value.Type() {
+	case attribute.STRING:
+		v := kv.Value.AsString()
+		av := 2 + len(v) // AnyValue: string_value (1), length, bytes
+		size := 2 + k + 2 + av
+		if len(v) >= 128 || size >= 128 {
+			return b, false
+		}
+		b = append(b, tag, byte(size), 0x0a, byte(k))
+		b = append(b, kv.Key...)
+		b = append(b, 0x12, byte(av), 0x0a, byte(len(v)))
+		return append(b, v...), true
+	case attribute.BOOL:
+		size := 2 + k + 2 + 2
+		if size >= 128 {
+			return b, false
+		}
+		b = append(b, tag, byte(size), 0x0a, byte(k))
+		b = append(b, kv.Key...)
+		return append(b, 0x12, 2, 0x10, byte(protowire.EncodeBool(kv.Value.AsBool()))), true // bool_value (2)
+	case attribute.INT64:
+		u := uint64(kv.Value.AsInt64())
+		av := 1 + protowire.SizeVarint(u) // int_value (3)
+		size := 2 + k + 2 + av
+		if size >= 128 {
+			return b, false
+		}
+		b = append(b, tag, byte(size), 0x0a, byte(k))
+		b = append(b, kv.Key...)
+		b = append(b, 0x12, byte(av), 0x18)
+		return protowire.AppendVarint(b, u), true
+	}
+	return b, false
 }
 
 // scalarSize is the encoded size of a scalar value's AnyValue fields;

@@ -1,6 +1,7 @@
 package imtrace
 
 import (
+	"bytes"
 	"compress/gzip"
 	"context"
 	"errors"
@@ -22,6 +23,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 
@@ -166,4 +168,108 @@ func TestExporterRetries(t *testing.T) {
 	if err := e.ExportSpans(context.Background(), spans); err == nil || calls.Load() != 1 || !strings.Contains(err.Error(), "busy") {
 		t.Errorf("after a 400: %v, %d calls; want the error, no retry", err, calls.Load())
 	}
+}
+
+// TestDirectEncodingMatches: a hop span's record encoded straight from its
+// data (the exporter's path for a record nobody has read) gives the same
+// bytes as the record read through its ReadOnlySpan methods.
+func TestDirectEncodingMatches(t *testing.T) {
+	state, err := trace.ParseTraceState("vendor=v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	withState := benchSampled.WithTraceState(state)
+	tr, rec := newTestTracer(t, Config{Ratio: 1})
+	plain := tr.Start(trace.SpanContext{}, SpanLogicHandle, trace.SpanKindServer, benchMsg)
+	plain.End()
+	failed := tr.Start(withState, SpanGatewayPush, trace.SpanKindConsumer, Message{ID: "m1", Attempt: 2, Recipient: "bob"})
+	failed.SetError(errors.New("push failed"))
+	failed.End()
+	coded := tr.Start(benchSampled, SpanStoreAppend, trace.SpanKindProducer, Message{Probe: true, Seq: 9})
+	coded.SetErrorCode("unavailable", "no logic node")
+	coded.End()
+	internal := tr.Start(benchSampled, SpanProbeRound, trace.SpanKindInternal, Message{})
+	internal.End()
+	// An unsampled span kept because it was slow: imwatch.kept.
+	slowTr, slowRec := newTestTracer(t, Config{Ratio: 0, Slow: time.Nanosecond})
+	t0 := time.Now()
+	slow := slowTr.StartAt(benchUnsampled, SpanLogicHandle, trace.SpanKindServer, benchMsg, t0)
+	slow.EndAt(t0.Add(time.Millisecond))
+
+	spans := append(rec.Ended(), slowRec.Ended()...)
+	if len(spans) != 5 {
+		t.Fatalf("%d spans recorded, want 5", len(spans))
+	}
+	for _, s := range spans {
+		r := s.(*record)
+		if r.built.Load() {
+			t.Fatalf("%s: record already built before export", s.Name())
+		}
+		direct := appendSpan(nil, s)
+		r.ready()
+		read := appendSpan(nil, s)
+		if !bytes.Equal(direct, read) {
+			t.Errorf("%s: direct encoding\n%x\ndiffers from the read one\n%x", s.Name(), direct, read)
+		}
+	}
+}
+
+// TestSmallKeyValue: the fast path of appendKeyValue writes what the general
+// path writes, around the one-byte limits of its lengths, or declines.
+func TestSmallKeyValue(t *testing.T) {
+	var kvs []attribute.KeyValue
+	for n := range 140 { // every length around the one-byte limits, of values and keys
+		kvs = append(kvs, attribute.String("messaging.message.id", strings.Repeat("x", n)),
+			attribute.String(strings.Repeat("k", max(n, 1)), "v"),
+			attribute.Bool(strings.Repeat("b", max(n, 1)), n%2 == 0),
+			attribute.Int64(strings.Repeat("i", max(n, 1)), int64(n)))
+	}
+	for _, v := range []int64{0, 1, 127, 128, -1, 1 << 40, -1 << 62} {
+		kvs = append(kvs, attribute.Int64("imwatch.seq", v))
+	}
+	kvs = append(kvs, attribute.Float64("f", 1.5), attribute.StringSlice("s", []string{"a"}), attribute.String("", "no key"))
+	fast := 0
+	for _, num := range []protowire.Number{1, 3, 9, 15, 16} {
+		for _, kv := range kvs {
+			got := appendKeyValue([]byte{0xff}, num, kv)
+			want := generalKeyValue([]byte{0xff}, num, kv)
+			if !bytes.Equal(got, want) {
+				t.Errorf("field %d, %s (%d bytes): %x, want %x", num, kv.Key, len(kv.Value.Emit()), got, want)
+			}
+			if _, ok := appendSmallKeyValue(nil, num, kv); ok {
+				fast++
+			}
+		}
+	}
+	if fast == 0 {
+		t.Fatal("the fast path never taken")
+	}
+}
+
+// generalKeyValue is a KeyValue message encoded field by field with
+// protowire, without the fast path.
+func generalKeyValue(b []byte, num protowire.Number, kv attribute.KeyValue) []byte {
+	var av []byte
+	switch kv.Value.Type() {
+	case attribute.STRING:
+		av = protowire.AppendTag(av, 1, protowire.BytesType)
+		av = protowire.AppendString(av, kv.Value.AsString())
+	case attribute.BOOL:
+		av = protowire.AppendTag(av, 2, protowire.VarintType)
+		av = protowire.AppendVarint(av, protowire.EncodeBool(kv.Value.AsBool()))
+	case attribute.INT64:
+		av = protowire.AppendTag(av, 3, protowire.VarintType)
+		av = protowire.AppendVarint(av, uint64(kv.Value.AsInt64()))
+	default:
+		av = appendAnyValue(nil, kv.Value)
+	}
+	var m []byte
+	if kv.Key != "" {
+		m = protowire.AppendTag(m, 1, protowire.BytesType)
+		m = protowire.AppendString(m, string(kv.Key))
+	}
+	m = protowire.AppendTag(m, 2, protowire.BytesType)
+	m = protowire.AppendBytes(m, av)
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendBytes(b, m)
 }

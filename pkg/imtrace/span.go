@@ -480,7 +480,23 @@ func (r *record) ready() *record {
 func (r *record) build() {
 	d := &r.d
 	r.start, r.end = wallTime(d.start), wallTime(d.end)
-	a := r.attrs[:0]
+	r.nattrs = len(d.appendAttrs(r.attrs[:0]))
+	r.links = r.links[:0]
+	for _, l := range d.links {
+		if !l.SpanContext.IsValid() {
+			continue // a link to nothing says nothing
+		}
+		r.links = append(r.links, sdktrace.Link{SpanContext: l.SpanContext, Attributes: l.Attributes})
+	}
+	r.nevent = 0
+	if d.err != nil && d.err.hasExcept {
+		r.nevent = len(d.exceptionEvent(r.event[:0], &r.evAttr, r.end))
+	}
+}
+
+// appendAttrs appends the span's attributes to a, which has room for
+// maxAttrs: the record's array, or the exporter's on its stack.
+func (d *spanData) appendAttrs(a []attribute.KeyValue) []attribute.KeyValue {
 	a = append(a, systemAttr)
 	if op, ok := operationType(trace.SpanKind(d.kind)); ok {
 		a = append(a, op)
@@ -514,21 +530,15 @@ func (r *record) build() {
 	case keptSlow:
 		a = append(a, KeyKept.String(KeptSlow))
 	}
-	r.nattrs = len(a)
-	r.links = r.links[:0]
-	for _, l := range d.links {
-		if !l.SpanContext.IsValid() {
-			continue // a link to nothing says nothing
-		}
-		r.links = append(r.links, sdktrace.Link{SpanContext: l.SpanContext, Attributes: l.Attributes})
-	}
-	r.nevent = 0
-	if d.err != nil && d.err.hasExcept {
-		r.evAttr[0] = semconv.ExceptionTypeKey.String(d.err.excpType)
-		r.evAttr[1] = semconv.ExceptionMessageKey.String(d.err.msg)
-		r.event[0] = sdktrace.Event{Name: semconv.ExceptionEventName, Attributes: r.evAttr[:], Time: r.end}
-		r.nevent = 1
-	}
+	return a
+}
+
+// exceptionEvent appends the exception event of a span failed by SetError,
+// its attributes in *attrs, at end.
+func (d *spanData) exceptionEvent(ev []sdktrace.Event, attrs *[2]attribute.KeyValue, end time.Time) []sdktrace.Event {
+	attrs[0] = semconv.ExceptionTypeKey.String(d.err.excpType)
+	attrs[1] = semconv.ExceptionMessageKey.String(d.err.msg)
+	return append(ev, sdktrace.Event{Name: semconv.ExceptionEventName, Attributes: attrs[:], Time: end})
 }
 
 // release clears the references the record holds and pools it.
