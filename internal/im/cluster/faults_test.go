@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/imwatch/imwatch/internal/fault"
 	"github.com/imwatch/imwatch/internal/im/client"
 	"github.com/imwatch/imwatch/internal/im/cluster"
@@ -22,42 +20,16 @@ import (
 func faultCluster(t *testing.T, gateways int) (*cluster.Cluster, *fault.Registry) {
 	t.Helper()
 	c := imtest.StartCluster(t, "", gateways, func(o *cluster.Options) { o.Faults = true; o.Metrics = true })
-	nc, err := nats.Connect(c.NATSURL)
-	if err != nil {
-		t.Fatal(err)
+	names := []string{"logic-1"}
+	for i := range gateways {
+		names = append(names, fmt.Sprintf("gw-%d", i+1))
 	}
-	t.Cleanup(nc.Close)
-	ctl, err := fault.NewNATSController(nc, imtest.Logger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := fault.NewRegistry(ctl, nil, fault.Options{Log: imtest.Logger()})
-	reg.Start()
-	t.Cleanup(reg.Stop)
-	imtest.Eventually(t, 10*time.Second, func() error {
-		if n := len(reg.Instances()); n != gateways+1 {
-			return fmt.Errorf("%d instances reported, want %d", n, gateways+1)
-		}
-		return nil
-	})
-	return c, reg
+	return c, imtest.FaultRegistry(t, c.NATSURL, names...)
 }
 
 func addFault(t *testing.T, reg *fault.Registry, s fault.Spec) fault.Fault {
 	t.Helper()
-	f, err := reg.Add(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	imtest.Eventually(t, 10*time.Second, func() error {
-		for _, g := range reg.List(false) {
-			if g.ID == f.ID && g.Applied {
-				return nil
-			}
-		}
-		return fmt.Errorf("fault %s not applied", f.ID)
-	})
-	return f
+	return imtest.AddFault(t, reg, s)
 }
 
 func dialable(addr string) error {

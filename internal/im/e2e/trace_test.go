@@ -16,7 +16,6 @@ import (
 	"github.com/imwatch/imwatch/internal/im/cluster"
 	"github.com/imwatch/imwatch/internal/im/imtest"
 	"github.com/imwatch/imwatch/pkg/imtrace"
-	"github.com/nats-io/nats.go"
 )
 
 // traceCenter is a real center in the test process, receiving the spans of
@@ -353,37 +352,7 @@ func TestUntracedHopKeepsTraceWhole(t *testing.T) {
 // until the gateway applies it.
 func holdPushes(t *testing.T, natsURL, gw string, delay time.Duration) {
 	t.Helper()
-	nc, err := nats.Connect(natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	ctl, err := fault.NewNATSController(nc, imtest.Logger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := fault.NewRegistry(ctl, nil, fault.Options{Log: imtest.Logger()})
-	reg.Start()
-	t.Cleanup(reg.Stop)
-	imtest.Eventually(t, 15*time.Second, func() error {
-		for _, in := range reg.Instances() {
-			if in.Name == gw {
-				return nil
-			}
-		}
-		return fmt.Errorf("%s has not reported to the fault controller", gw)
-	})
-	f, err := reg.Add(fault.Spec{Kind: fault.KindLatency, Hop: fault.HopGatewayPush, Instance: gw,
+	reg := imtest.FaultRegistry(t, natsURL, gw)
+	imtest.AddFault(t, reg, fault.Spec{Kind: fault.KindLatency, Hop: fault.HopGatewayPush, Instance: gw,
 		Delay: fault.Duration(delay), Duration: fault.Duration(5 * time.Minute)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	imtest.Eventually(t, 15*time.Second, func() error {
-		for _, g := range reg.List(false) {
-			if g.ID == f.ID && g.Applied {
-				return nil
-			}
-		}
-		return fmt.Errorf("fault %s not applied by %s", f.ID, gw)
-	})
 }
