@@ -443,7 +443,7 @@ func (g *Gateway) push(d *bus.Deliver, sp *imtrace.Span, start time.Time) {
 		Probe: d.Msg.Probe, Trace: d.Msg.Trace, TS: d.Msg.TS,
 	}
 	sp.Inject(imtrace.Field(&f.Trace))
-	data := protocol.AppendFrame(make([]byte, 0, 192+len(f.Body)+len(f.Trace)), &f)
+	data := protocol.AppendFrame(nil, &f) // sized for the frame by AppendFrame
 	kind := immetrics.Kind(d.Msg.Group)
 	to := ackTo{node: d.Node, batch: d.AckBatch}
 	queued, offline := 0, 0
