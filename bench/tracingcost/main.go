@@ -293,6 +293,7 @@ func start(s setup, compression, endpoint string, clientTracing bool, secret []b
 func (t *target) measure(users int, satRate, fixedRate float64, d time.Duration, secret []byte, log *slog.Logger, name string) (result, error) {
 	before := make([]imtrace.Stats, len(t.tracers))
 	for i, tr := range t.tracers {
+		_ = tr.ForceFlush(context.Background()) // what the last measurement left counts there
 		before[i] = tr.Stats()
 	}
 	cr, err := costrun.Run(t.c, costrun.Load{Users: users, SatRate: satRate, FixedRate: fixedRate, Duration: d,

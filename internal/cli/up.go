@@ -132,7 +132,7 @@ func runUp(args []string, stdout, stderr io.Writer) error {
 			log.Info("stopped during start-up", "signal", stopReason(sig))
 			return stopErr
 		}
-		return err
+		return errors.Join(err, stopErr)
 	}
 	log.Info("imwatch up ready", "took", time.Since(began).Round(time.Millisecond))
 	fmt.Fprintf(stdout, "imwatch is up.\n")

@@ -316,7 +316,8 @@ func (s *Span) SetError(err error) {
 	if err == nil || s.d == nil {
 		return
 	}
-	s.d.err = &spanError{msg: err.Error(), hasExcept: true, excpType: errorType(err)}
+	e := s.d.failure()
+	e.msg, e.hasExcept, e.excpType = err.Error(), true, errorType(err)
 }
 
 // SetErrorCode marks the span failed with an IM error code (error.type) and a
@@ -325,7 +326,17 @@ func (s *Span) SetErrorCode(code, msg string) {
 	if s.d == nil {
 		return
 	}
-	s.d.err = &spanError{errType: code, msg: msg}
+	e := s.d.failure()
+	e.errType, e.msg = code, msg
+}
+
+// failure is the span's error details, made at the first SetError or
+// SetErrorCode: the two add to each other (the later message wins).
+func (d *spanData) failure() *spanError {
+	if d.err == nil {
+		d.err = new(spanError)
+	}
+	return d.err
 }
 
 func errorType(err error) string {

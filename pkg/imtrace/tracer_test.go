@@ -337,6 +337,21 @@ func TestErrorCode(t *testing.T) {
 	}
 }
 
+// TestErrorAndCode: SetError and SetErrorCode on one span add to each
+// other: the exception event and error.type are both exported, the later
+// message is the status.
+func TestErrorAndCode(t *testing.T) {
+	tr, rec := newTestTracer(t, Config{Ratio: 1})
+	sp := tr.Start(trace.SpanContext{}, SpanGatewayReceive, trace.SpanKindServer, Message{})
+	sp.SetError(errors.New("write: broken pipe"))
+	sp.SetErrorCode("unavailable", "no logic node answered")
+	sp.End()
+	s := rec.Ended()[0]
+	if s.Status().Description != "no logic node answered" || attrs(s)[KeyErrorType].AsString() != "unavailable" || len(s.Events()) != 1 {
+		t.Errorf("status %v attrs %v events %v", s.Status(), attrs(s), s.Events())
+	}
+}
+
 func TestSlowPromotesTrace(t *testing.T) {
 	cases := []struct {
 		name   string
