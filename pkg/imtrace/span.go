@@ -45,10 +45,11 @@ const (
 // copy of it waits in the tail buffer. The attributes are built from it only
 // when the span is exported, so a span that never is builds none.
 //
-// It is kept small (272 bytes; an unsampled span writes all of it into memory
-// that is usually cold): the parent is its span id and flags (the trace is
-// the span's own), an error's details are behind a pointer (a failed span
-// is rare and exported anyway), the small fields are bytes.
+// It is kept small, 272 bytes (2 MB less in a full default tail ring than
+// before; no faster per span, docs/benchmarks.md): the parent is its span id
+// and flags (the trace is the span's own), an error's details are behind a
+// pointer (a failed span is rare and exported anyway), the small fields are
+// bytes.
 type spanData struct {
 	name    string
 	sc      trace.SpanContext
