@@ -20,8 +20,16 @@
 // (imtrace.Tracer.Pause: the hops record nothing and add no trace context,
 // as with tracing off), so that the comparison does not carry the
 // difference between two cluster starts; reported are the medians of the
-// per-round ratios on/off. -mode clusters starts a fresh cluster per
-// configuration and round, off without tracers, and compares medians.
+// per-round ratios on/off. -mode slices runs the same clusters, each phase
+// one long load during which the tracers are switched on and paused every
+// -slice (2 s), and reports the median of the pairs' ratios with a 95%
+// confidence interval: the VM's speed drifts over seconds to minutes, and
+// two measurements seconds apart share more of it.
+//
+//	go run ./bench/tracingcost -mode slices -pairs 30 -configs default,full
+//
+// -mode clusters starts a fresh cluster per configuration and round, off
+// without tracers, and compares medians.
 package main
 
 import (
@@ -63,7 +71,10 @@ func main() {
 	sink := flag.String("sink", "discard", "where spans go: discard (an OTLP/HTTP endpoint in the process that reads and drops them) or center")
 	clientTracing := flag.Bool("client-tracing", false, "also trace the load generator's clients (im.client.*)")
 	compression := flag.String("compression", "auto", "compression of the OTLP requests: auto (none to the loopback sink, as imwatch up's parts), gzip or none")
-	mode := flag.String("mode", "toggle", "toggle: a cluster per tracing configuration, measured on and paused (off) in every round; clusters: a fresh cluster per configuration and round")
+	mode := flag.String("mode", "toggle", "toggle: a cluster per tracing configuration, measured on and paused (off) in every round; slices: the same clusters, on and paused alternating every -slice within one long load; clusters: a fresh cluster per configuration and round")
+	pairs := flag.Int("pairs", 30, "-mode slices: pairs of slices (one on, one paused) per phase")
+	slice := flag.Duration("slice", 2*time.Second, "-mode slices: length of one slice")
+	settle := flag.Duration("settle", 300*time.Millisecond, "-mode slices: the start of each slice that is not measured, after the switch")
 	flag.IntVar(&tailBuffer, "tail-buffer", 0, "imtrace.Config.TailBuffer of the parts' tracers (0: the default)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	memProfile := flag.String("memprofile", "", "write an allocation profile of the whole run to this file (go tool pprof -sample_index=alloc_space)")
@@ -119,11 +130,18 @@ func main() {
 	defer stopSink()
 	secret := []byte("tracingcost-secret-0123456789")
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if *mode == "slices" {
+		if *pairs < 6 || *slice <= *settle || *settle < 0 {
+			fail(fmt.Errorf("-mode slices: want -pairs at least 6 and -slice longer than -settle"))
+		}
+		sliced(setups, *pairs, *slice, *settle, *compression, endpoint, *clientTracing, secret, *users, *satRate, *fixedRate, log)
+		return
+	}
 	if *mode == "toggle" {
 		toggle(setups, *rounds, *compression, endpoint, *clientTracing, secret, *users, *satRate, *fixedRate, *duration, log)
 		return
 	} else if *mode != "clusters" {
-		fail(fmt.Errorf("-mode %q: toggle or clusters", *mode))
+		fail(fmt.Errorf("-mode %q: toggle, slices or clusters", *mode))
 	}
 	dps := map[string][]float64{}
 	cpu := map[string][]float64{}
@@ -166,22 +184,8 @@ func run(s setup, compression, endpoint string, clientTracing bool, secret []byt
 // toggle is -mode toggle: a cluster per tracing configuration, each round
 // measuring every one on and paused, in alternating order.
 func toggle(setups []setup, rounds int, compression, endpoint string, clientTracing bool, secret []byte, users int, satRate, fixedRate float64, d time.Duration, log *slog.Logger) {
-	var on []setup
-	var targets []*target
-	for _, s := range setups {
-		if s.ratio < 0 {
-			continue // off is every configuration's own cluster, paused
-		}
-		t, err := start(s, compression, endpoint, clientTracing, secret, log)
-		if err != nil {
-			fail(err)
-		}
-		defer t.stop()
-		on, targets = append(on, s), append(targets, t)
-	}
-	if len(on) == 0 {
-		fail(fmt.Errorf("-mode toggle needs a configuration with tracing on"))
-	}
+	on, targets := startOn(setups, compression, endpoint, clientTracing, secret, log)
+	defer stopAll(targets)
 	type series struct{ dpsOn, dpsOff, cpuOn, cpuOff, satRatio, cpuRatio []float64 }
 	res := make([]series, len(on))
 	for r := 0; r < rounds; r++ {
@@ -223,6 +227,35 @@ func toggle(setups []setup, rounds int, compression, endpoint string, clientTrac
 		fmt.Printf("%-8s %10.0f %10.0f %8.3f (%.3f-%.3f) %10.1f %10.1f %8.3f (%.3f-%.3f)\n", s.name,
 			costrun.Median(sr.dpsOn), costrun.Median(sr.dpsOff), costrun.Median(sr.satRatio), slices.Min(sr.satRatio), slices.Max(sr.satRatio),
 			costrun.Median(sr.cpuOn), costrun.Median(sr.cpuOff), costrun.Median(sr.cpuRatio), slices.Min(sr.cpuRatio), slices.Max(sr.cpuRatio))
+	}
+}
+
+// startOn starts a cluster for each configuration with tracing on (off is
+// each one's own cluster, paused).
+func startOn(setups []setup, compression, endpoint string, clientTracing bool, secret []byte, log *slog.Logger) ([]setup, []*target) {
+	var on []setup
+	var targets []*target
+	for _, s := range setups {
+		if s.ratio < 0 {
+			continue
+		}
+		t, err := start(s, compression, endpoint, clientTracing, secret, log)
+		if err != nil {
+			stopAll(targets)
+			fail(err)
+		}
+		on, targets = append(on, s), append(targets, t)
+	}
+	if len(on) == 0 {
+		stopAll(targets)
+		fail(fmt.Errorf("this mode needs a configuration with tracing on"))
+	}
+	return on, targets
+}
+
+func stopAll(ts []*target) {
+	for _, t := range ts {
+		t.stop()
 	}
 }
 

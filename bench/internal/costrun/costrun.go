@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"syscall"
 	"time"
@@ -45,27 +46,27 @@ func Run(c *cluster.Cluster, l Load, name string) (Result, error) {
 	}
 	var res Result
 	if l.SatRate > 0 {
-		before := cpuTime()
+		before := CPUTime()
 		rep, err := lg(l.SatRate)
 		if err != nil {
 			return Result{}, err
 		}
 		res.DPS = rep.DeliveredPerSecond
-		res.SatCPUPerMsg = float64((cpuTime() - before).Microseconds()) / float64(max(rep.Delivered, 1))
+		res.SatCPUPerMsg = float64((CPUTime() - before).Microseconds()) / float64(max(rep.Delivered, 1))
 	}
 	if l.FixedRate > 0 {
-		before := cpuTime()
+		before := CPUTime()
 		rep, err := lg(l.FixedRate)
 		if err != nil {
 			return Result{}, err
 		}
-		res.CPUPerMsg = float64((cpuTime() - before).Microseconds()) / float64(max(rep.Delivered, 1))
+		res.CPUPerMsg = float64((CPUTime() - before).Microseconds()) / float64(max(rep.Delivered, 1))
 	}
 	return res, nil
 }
 
-// cpuTime is the user and system CPU time of this process so far.
-func cpuTime() time.Duration {
+// CPUTime is the user and system CPU time of this process so far.
+func CPUTime() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
@@ -83,4 +84,34 @@ func Median(xs []float64) float64 {
 		return s[n/2]
 	}
 	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// MedianCI is the median of xs and a distribution-free confidence interval
+// of at least 95% for it: the order statistics x(k) and x(n+1-k), for the
+// largest k with P(B < k) <= 0.025, B binomial (n, 1/2). With fewer than 6
+// values no interval reaches 95%, and the range is returned.
+func MedianCI(xs []float64) (lo, med, hi float64) {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	if n == 0 {
+		return 0, 0, 0
+	}
+	k := 0 // P(B < k+1) <= 0.025: the CI is s[k], s[n-1-k] (0-indexed)
+	cum := 0.0
+	for j := 0; j < n/2; j++ {
+		cum += binomHalf(n, j)
+		if cum > 0.025 {
+			break
+		}
+		k = j + 1
+	}
+	k = max(k-1, 0)
+	return s[k], Median(s), s[n-1-k]
+}
+
+// binomHalf is P(B = j) for B binomial (n, 1/2).
+func binomHalf(n, j int) float64 {
+	lg := func(x int) float64 { v, _ := math.Lgamma(float64(x + 1)); return v }
+	return math.Exp(lg(n) - lg(j) - lg(n-j) - float64(n)*math.Ln2)
 }

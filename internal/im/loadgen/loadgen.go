@@ -39,6 +39,11 @@ type Config struct {
 	RunID           string        // prefix of user ids (default: random); [A-Za-z0-9_-]
 	Log             *slog.Logger
 	Tracer          *imtrace.Tracer // the users' client spans (im.client.*); nil: none
+	// Sending, when set, is called once as the measured sending begins
+	// (after the warm-up), with a function that reads how many messages
+	// have been delivered so far: for a caller that samples the run while it
+	// goes (bench/tracingcost -mode slices). It must not block.
+	Sending func(delivered func() uint64)
 }
 
 // Limits of a run, so that its bookkeeping stays bounded.
@@ -465,6 +470,9 @@ func (r *run) send(ctx context.Context) float64 {
 	defer progress.Stop()
 	r.start = time.Now()
 	r.started.Store(true)
+	if r.cfg.Sending != nil {
+		r.cfg.Sending(r.delivered.Load)
+	}
 	end := r.start.Add(r.cfg.Duration)
 	interval := time.Duration(float64(time.Second) / r.cfg.Rate)
 	k := 0
