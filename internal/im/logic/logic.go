@@ -77,7 +77,10 @@ type Logic struct {
 	groupsKV jetstream.KeyValue
 	dir      *directory
 
-	sem chan struct{}
+	sem  chan struct{}
+	work chan job      // a request for an idle worker (bounded)
+	quit chan struct{} // closed by Stop: idle workers exit
+	stop sync.Once
 
 	convMu sync.Mutex
 	convs  map[string]*convState
@@ -111,6 +114,8 @@ func New(cfg Config, nc *nats.Conn) (*Logic, error) {
 		js:    js,
 		dir:   newDirectory(),
 		sem:   make(chan struct{}, cfg.MaxInflight),
+		work:  make(chan job),
+		quit:  make(chan struct{}),
 		convs: map[string]*convState{},
 	}, nil
 }
@@ -199,6 +204,7 @@ func (l *Logic) Stop(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 	}
+	l.stop.Do(func() { close(l.quit) })
 	if l.push != nil {
 		l.push.stop()
 	}
@@ -213,7 +219,7 @@ func (l *Logic) Stop(ctx context.Context) error {
 	return nil
 }
 
-// bounded runs h on its own goroutine, refusing with overloaded when
+// bounded runs h on a worker goroutine, refusing with overloaded when
 // MaxInflight requests are already running.
 func (l *Logic) bounded(h func(*nats.Msg)) nats.MsgHandler {
 	return func(m *nats.Msg) {
@@ -226,10 +232,47 @@ func (l *Logic) bounded(h func(*nats.Msg)) nats.MsgHandler {
 			return
 		}
 		l.wg.Add(1)
-		go func() {
-			defer func() { <-l.sem; l.wg.Done() }()
-			h(m)
-		}()
+		j := job{h: h, m: m}
+		select {
+		case l.work <- j: // an idle worker takes it
+		default:
+			go l.worker(j)
+		}
+	}
+}
+
+// job is one request for a worker.
+type job struct {
+	h func(*nats.Msg)
+	m *nats.Msg
+}
+
+// workerIdle is how long a worker waits for another request before it
+// exits.
+const workerIdle = 10 * time.Second
+
+// worker runs j, then the requests bounded hands it, until it has been
+// idle for workerIdle or the node stops. A goroutine per request started
+// on a small stack and grew it, copying, on nearly every request (the
+// handlers' calls go deep into JetStream): 2.4% of the CPU of a saturated
+// cluster in a profile. A worker keeps its grown stack. There are about as
+// many workers as requests ran at once at the busiest moment of the last
+// workerIdle, each request holding one of the MaxInflight slots.
+func (l *Logic) worker(j job) {
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		j.h(j.m)
+		<-l.sem
+		l.wg.Done()
+		idle.Reset(workerIdle)
+		select {
+		case j = <-l.work:
+		case <-idle.C:
+			return
+		case <-l.quit:
+			return
+		}
 	}
 }
 
