@@ -77,6 +77,7 @@ func main() {
 	settle := flag.Duration("settle", 300*time.Millisecond, "-mode slices: the start of each slice that is not measured, after the switch")
 	flag.IntVar(&tailBuffer, "tail-buffer", 0, "imtrace.Config.TailBuffer of the parts' tracers (0: the default)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	flag.StringVar(&sliceProfiles, "slice-profiles", "", "-mode slices: write a CPU profile of each measured slice into this directory (CONFIG-PHASE-on-N.pprof, ...-paused-N.pprof; merge with go tool pprof -proto)")
 	memProfile := flag.String("memprofile", "", "write an allocation profile of the whole run to this file (go tool pprof -sample_index=alloc_space)")
 	flag.Parse()
 	if *cpuProfile != "" {
@@ -381,7 +382,10 @@ func startSink(kind string) (string, func(), error) {
 	return "", nil, fmt.Errorf("-sink %q: discard or center", kind)
 }
 
-var tailBuffer int // -tail-buffer
+var (
+	tailBuffer    int    // -tail-buffer
+	sliceProfiles string // -slice-profiles
+)
 
 func fail(err error) {
 	fmt.Fprintln(os.Stderr, "tracingcost:", err)

@@ -4,6 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -49,8 +54,8 @@ func sliced(setups []setup, pairs int, slice, settle time.Duration, compression,
 			}
 			var dOn, dOff, cOn, cOff, sat, cpu []float64
 			for k, p := range ps {
-				fmt.Printf("%-8s %-10s pair %2d  on %7.0f/s %6.1f µs/msg   paused %7.0f/s %6.1f µs/msg   on/paused %.3f   CPU paused/on %.3f\n",
-					s.name, ph.name, k+1, p[1].dps, p[1].cpu, p[0].dps, p[0].cpu, p[1].dps/p[0].dps, p[0].cpu/p[1].cpu)
+				fmt.Printf("%-8s %-10s pair %2d  on %7.0f/s %6.1f µs/msg %5.2f r %5.2f w   paused %7.0f/s %6.1f µs/msg %5.2f r %5.2f w   on/paused %.3f   CPU paused/on %.3f\n",
+					s.name, ph.name, k+1, p[1].dps, p[1].cpu, p[1].reads, p[1].writes, p[0].dps, p[0].cpu, p[0].reads, p[0].writes, p[1].dps/p[0].dps, p[0].cpu/p[1].cpu)
 				dOn, dOff = append(dOn, p[1].dps), append(dOff, p[0].dps)
 				cOn, cOff = append(cOn, p[1].cpu), append(cOff, p[0].cpu)
 				sat, cpu = append(sat, p[1].dps/p[0].dps), append(cpu, p[0].cpu/p[1].cpu)
@@ -74,6 +79,22 @@ func sliced(setups []setup, pairs int, slice, settle time.Duration, compression,
 type sliceMeasure struct {
 	dps float64 // delivered per second
 	cpu float64 // µs of the process's CPU per delivered message
+	// read and write system calls of the process per delivered message
+	// (/proc/self/io): the parts' batching of frames and bus messages
+	reads, writes float64
+}
+
+// syscalls reads a counter of /proc/self/io (syscr, syscw); 0 where there
+// is none.
+func syscalls(field string) uint64 {
+	b, _ := os.ReadFile("/proc/self/io")
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, field+": "); ok {
+			n, _ := strconv.ParseUint(v, 10, 64)
+			return n
+		}
+	}
+	return 0
 }
 
 // slices runs one load at rate for pairs × 2 slices, switching the tracers
@@ -94,15 +115,18 @@ func (t *target) slices(rate float64, pairs int, slice, settle time.Duration, us
 						tr.Pause(!on)
 					}
 					time.Sleep(settle)
-					c0, d0, t0 := costrun.CPUTime(), delivered(), time.Now()
+					stopProfile := profileSlice(name, on, p)
+					c0, d0, t0, r0, w0 := costrun.CPUTime(), delivered(), time.Now(), syscalls("syscr"), syscalls("syscw")
 					time.Sleep(slice - settle)
-					c1, d1, t1 := costrun.CPUTime(), delivered(), time.Now()
+					c1, d1, t1, r1, w1 := costrun.CPUTime(), delivered(), time.Now(), syscalls("syscr"), syscalls("syscw")
+					stopProfile()
 					n := float64(d1 - d0)
 					i := 0
 					if on {
 						i = 1
 					}
-					m[i] = sliceMeasure{dps: n / t1.Sub(t0).Seconds(), cpu: float64((c1 - c0).Microseconds()) / max(n, 1)}
+					m[i] = sliceMeasure{dps: n / t1.Sub(t0).Seconds(), cpu: float64((c1 - c0).Microseconds()) / max(n, 1),
+						reads: float64(r1-r0) / max(n, 1), writes: float64(w1-w0) / max(n, 1)}
 				}
 				got = append(got, m)
 			}
@@ -128,4 +152,28 @@ func (t *target) slices(rate float64, pairs int, slice, settle time.Duration, us
 		return nil, err
 	}
 	return got, nil
+}
+
+// profileSlice starts the CPU profile of one slice, with -slice-profiles,
+// and returns what stops it.
+func profileSlice(name string, on bool, pair int) func() {
+	if sliceProfiles == "" {
+		return func() {}
+	}
+	state := "paused"
+	if on {
+		state = "on"
+	}
+	file := filepath.Join(sliceProfiles, fmt.Sprintf("%s-%s-%02d.pprof", strings.NewReplacer(" ", "-", "/", "").Replace(name), state, pair+1))
+	f, err := os.Create(file)
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		fail(fmt.Errorf("slice profile: %w", err))
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
 }

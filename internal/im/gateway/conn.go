@@ -382,7 +382,9 @@ func (c *conn) request(subject string, trace string, req, reply any, timeout tim
 func (c *conn) requestData(subject, trace string, data []byte, timeout time.Duration) ([]byte, *protocol.Error) {
 	m := &nats.Msg{Subject: subject, Data: data}
 	if trace != "" {
-		m.Header = nats.Header{bus.HeaderTrace: []string{trace}}
+		th := bus.NewTraceHeader(trace)
+		defer th.Release()
+		m.Header = th.Header()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()

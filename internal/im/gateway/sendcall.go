@@ -90,7 +90,9 @@ func (c *conn) forwardSend(f protocol.Frame) {
 	m := &nats.Msg{Subject: bus.SubjSend, Reply: s.prefix + strconv.FormatUint(n, 10),
 		Data: bus.AppendSendRequest(make([]byte, 0, 160+len(f.Body)+len(tp)), &req)}
 	if tp != "" { // in the header only: the JSON copy cost bytes on every hop
-		m.Header = nats.Header{bus.HeaderTrace: []string{tp}}
+		th := bus.NewTraceHeader(tp)
+		defer th.Release()
+		m.Header = th.Header()
 	}
 	if err := c.g.nc.PublishMsg(m); err != nil {
 		c.g.log.Debug("send to logic failed", "err", err)

@@ -152,11 +152,16 @@ func (p *pusher) publish(sm bus.StoredMessage, routes map[string][]bus.Target, a
 		d.Msg.Trace = "" // in the header only: the JSON copy cost bytes on every push
 		data := bus.AppendDeliver(make([]byte, 0, 320+len(sm.Body)), &d)
 		m := &nats.Msg{Subject: bus.DeliverSubject(gw), Data: data}
+		var th *bus.TraceHeader
 		if sm.Trace != "" {
-			m.Header = nats.Header{bus.HeaderTrace: []string{sm.Trace}}
+			th = bus.NewTraceHeader(sm.Trace)
+			m.Header = th.Header()
 		}
 		if err := p.l.nc.PublishMsg(m); err != nil {
 			p.l.log.Debug("push publish failed", "gateway", gw, "err", err)
+		}
+		if th != nil {
+			th.Release()
 		}
 	}
 }
