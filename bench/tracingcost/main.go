@@ -80,6 +80,9 @@ func main() {
 	flag.StringVar(&sliceProfiles, "slice-profiles", "", "-mode slices: write a CPU profile of each measured slice into this directory (CONFIG-PHASE-on-N.pprof, ...-paused-N.pprof; merge with go tool pprof -proto)")
 	memProfile := flag.String("memprofile", "", "write an allocation profile of the whole run to this file (go tool pprof -sample_index=alloc_space)")
 	flag.Parse()
+	if *cpuProfile != "" && sliceProfiles != "" {
+		fail(fmt.Errorf("-cpuprofile and -slice-profiles: one CPU profile at a time; choose one"))
+	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
