@@ -20,11 +20,12 @@ func TestRunDeliversEveryMessageOnce(t *testing.T) {
 	defer cancel()
 	var calls atomic.Int32
 	var delivered atomic.Pointer[func() uint64]
-	atStart := uint64(1 << 63)
+	var atStart atomic.Uint64
+	atStart.Store(1 << 63)
 	rep, err := loadgen.Run(ctx, loadgen.Config{
 		URLs: c.URLs(), Secret: imtest.Secret, Users: 20, Rate: 400, Duration: 2 * time.Second,
 		Drain: 20 * time.Second, Log: imtest.Logger(),
-		Sending: func(d func() uint64) { calls.Add(1); atStart = d(); delivered.Store(&d) },
+		Sending: func(d func() uint64) { calls.Add(1); atStart.Store(d()); delivered.Store(&d) },
 	})
 	if err != nil {
 		t.Fatalf("run: %v", err)
@@ -35,8 +36,8 @@ func TestRunDeliversEveryMessageOnce(t *testing.T) {
 	if calls.Load() != 1 || delivered.Load() == nil {
 		t.Fatalf("Sending called %d times, want once", calls.Load())
 	}
-	if got := (*delivered.Load())(); atStart != 0 || got != rep.Delivered {
-		t.Errorf("Sending's counter read %d at the start and %d at the end; want 0 and the report's %d", atStart, got, rep.Delivered)
+	if got := (*delivered.Load())(); atStart.Load() != 0 || got != rep.Delivered {
+		t.Errorf("Sending's counter read %d at the start and %d at the end; want 0 and the report's %d", atStart.Load(), got, rep.Delivered)
 	}
 	if rep.Sent < 700 {
 		t.Errorf("sent %d messages, want about 800", rep.Sent)

@@ -195,11 +195,27 @@ func (l *Logic) Start(ctx context.Context) error {
 // Stop stops taking requests, finishes those in flight and hands unfinished
 // pushes back to the stream for another node.
 func (l *Logic) Stop(ctx context.Context) error {
+	closed := make([]<-chan nats.SubStatus, 0, len(l.subs))
 	for _, s := range l.subs {
+		closed = append(closed, s.StatusChanged(nats.SubscriptionClosed))
 		_ = s.Drain()
 	}
+	// Drain returns at once; a subscription closes once the requests it
+	// had taken are handed to bounded, which counts them in wg. Only then
+	// may wg.Wait begin: a WaitGroup must not be added to from zero while
+	// it is being waited on.
 	done := make(chan struct{})
-	go func() { l.wg.Wait(); close(done) }()
+	go func() {
+		defer close(done)
+		for _, ch := range closed {
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return
+			}
+		}
+		l.wg.Wait()
+	}()
 	select {
 	case <-done:
 	case <-ctx.Done():
@@ -254,8 +270,9 @@ const workerIdle = 10 * time.Second
 // worker runs j, then the requests bounded hands it, until it has been
 // idle for workerIdle or the node stops. A goroutine per request started
 // on a small stack and grew it, copying, on nearly every request (the
-// handlers' calls go deep into JetStream): 2.4% of the CPU of a saturated
-// cluster in a profile. A worker keeps its grown stack. There are about as
+// handlers' calls go deep into JetStream): stack growth took 4.3% of the
+// CPU at 2,000 msg/s in a profile, 1.7% after (docs/benchmarks.md). A
+// worker keeps its grown stack. There are about as
 // many workers as requests ran at once at the busiest moment of the last
 // workerIdle, each request holding one of the MaxInflight slots.
 func (l *Logic) worker(j job) {
