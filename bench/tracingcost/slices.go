@@ -84,17 +84,21 @@ type sliceMeasure struct {
 	reads, writes float64
 }
 
-// syscalls reads a counter of /proc/self/io (syscr, syscw); 0 where there
-// is none.
-func syscalls(field string) uint64 {
+// syscalls reads the process's read and write system calls so far from
+// /proc/self/io (syscr, syscw); 0 where there is none.
+func syscalls() (reads, writes uint64) {
 	b, _ := os.ReadFile("/proc/self/io")
 	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, field+": "); ok {
-			n, _ := strconv.ParseUint(v, 10, 64)
-			return n
+		k, v, _ := strings.Cut(l, ": ")
+		n, _ := strconv.ParseUint(v, 10, 64)
+		switch k {
+		case "syscr":
+			reads = n
+		case "syscw":
+			writes = n
 		}
 	}
-	return 0
+	return reads, writes
 }
 
 // slices runs one load at rate for pairs × 2 slices, switching the tracers
@@ -116,9 +120,11 @@ func (t *target) slices(rate float64, pairs int, slice, settle time.Duration, us
 					}
 					time.Sleep(settle)
 					stopProfile := profileSlice(name, on, p)
-					c0, d0, t0, r0, w0 := costrun.CPUTime(), delivered(), time.Now(), syscalls("syscr"), syscalls("syscw")
+					r0, w0 := syscalls()
+					c0, d0, t0 := costrun.CPUTime(), delivered(), time.Now()
 					time.Sleep(slice - settle)
-					c1, d1, t1, r1, w1 := costrun.CPUTime(), delivered(), time.Now(), syscalls("syscr"), syscalls("syscw")
+					c1, d1, t1 := costrun.CPUTime(), delivered(), time.Now()
+					r1, w1 := syscalls()
 					stopProfile()
 					n := float64(d1 - d0)
 					i := 0

@@ -10,8 +10,8 @@ import (
 // reused from publish to publish: nats.Conn.PublishMsg and RequestMsg encode
 // a message's header before they return, so its map is free again then. A
 // new map per traced bus message was about 400 bytes (a send and a push:
-// 0.8 KB of the 4.6 KB tracing adds to a message, docs/benchmarks.md). Not for JetStream's asynchronous publish,
-// which keeps the message for retries.
+// 0.8 KB of the 4.6 KB tracing adds to a message, docs/benchmarks.md). Not
+// for JetStream's asynchronous publish, which keeps the message for retries.
 type TraceHeader struct {
 	h nats.Header
 	v [1]string

@@ -272,9 +272,9 @@ const workerIdle = 10 * time.Second
 // on a small stack and grew it, copying, on nearly every request (the
 // handlers' calls go deep into JetStream): stack growth took 4.3% of the
 // CPU at 2,000 msg/s in a profile, 1.7% after (docs/benchmarks.md). A
-// worker keeps its grown stack. There are about as
-// many workers as requests ran at once at the busiest moment of the last
-// workerIdle, each request holding one of the MaxInflight slots.
+// worker keeps its grown stack. There are about as many workers as
+// requests ran at once at the busiest moment of the last workerIdle, each
+// request holding one of the MaxInflight slots.
 func (l *Logic) worker(j job) {
 	idle := time.NewTimer(workerIdle)
 	defer idle.Stop()
